@@ -1,0 +1,33 @@
+"""Shared test set-up: paths to fixtures, and skips (with the reason printed) for missing tools."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS_DIR = Path(__file__).resolve().parent
+DATA_DIR = TESTS_DIR / "data"
+REPO_ROOT = TESTS_DIR.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    has_java = shutil.which("java") is not None
+    has_gpu = torch.cuda.is_available()
+    for item in items:
+        if "java" in item.keywords and not has_java:
+            item.add_marker(pytest.mark.skip(reason="java not on PATH (needed by PTB tokenizer/METEOR/SPICE)"))
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU on this machine"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
