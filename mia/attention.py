@@ -82,6 +82,10 @@ class MultiHeadAttention(nn.Module):
                 need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         q = self._split(self.w_q(query))
         k, v = (self._split(t) for t in self.w_kv(source).chunk(2, dim=-1))
+        if source_mask is not None:
+            # An item with no real key at all would softmax over nothing (NaN); let it attend
+            # uniformly instead; its outputs are zeroed by the caller anyway.
+            source_mask = source_mask | ~source_mask.any(dim=-1, keepdim=True)
         # (B, 1, 1, n) so every head and every query ignores padded keys.
         bias = None if source_mask is None else source_mask[:, None, None, :]
         weights = None
@@ -174,6 +178,7 @@ class MutualIterativeAttention(nn.Module):
             raise ValueError(f"order must be 'visual_first' or 'concepts_first', got {order!r}")
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
+        self.d_model = d_model
         self.iterations = iterations
         self.mode = mode
         self.order = order
@@ -199,6 +204,10 @@ class MutualIterativeAttention(nn.Module):
     def forward(self, visual: Tensor, concepts: Tensor, visual_mask: Tensor | None = None,
                 concept_mask: Tensor | None = None, need_weights: bool = False) -> MIAOutput:
         """Refine ``visual`` (B, n, d) and ``concepts`` (B, n, d); see :class:`MIAOutput`."""
+        if visual.dim() != 3 or visual.shape[-1] != self.d_model:
+            raise ValueError(
+                f"visual and concepts must be (B, n, d_model={self.d_model}), got visual "
+                f"{tuple(visual.shape)}: project features to d_model before MIA")
         if visual.shape != concepts.shape:
             raise ValueError(
                 f"visual {tuple(visual.shape)} and concepts {tuple(concepts.shape)} must have the "
