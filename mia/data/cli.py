@@ -1,0 +1,72 @@
+"""``mia data ...``: build the caption and VQA stores from raw annotation files.
+
+Thin wrappers over :mod:`mia.data.preprocess` for use outside Snakemake; the workflow calls the
+same functions from its scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from mia.data.preprocess import (
+    CaptionPreprocessConfig,
+    VQAPreprocessConfig,
+    build_caption_store,
+    build_vqa_store,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _split_paths(items: list[str] | None, option: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for item in items or []:
+        split, sep, path = item.partition("=")
+        if not sep or not path:
+            raise SystemExit(f"{option} {item!r}: expected SPLIT=PATH, e.g. train=questions.json")
+        out[split] = Path(path)
+    return out
+
+
+def _captions(args: argparse.Namespace) -> int:
+    cfg = CaptionPreprocessConfig(count_threshold=args.count_threshold, max_length=args.max_length)
+    out = build_caption_store(args.karpathy, args.out, args.references_dir, cfg)
+    log.info("wrote %s and references_{train,val,test}.json in %s", out, args.references_dir)
+    return 0
+
+
+def _vqa(args: argparse.Namespace) -> int:
+    cfg = VQAPreprocessConfig(min_answer_count=args.min_answer_count,
+                              max_question_length=args.max_question_length)
+    out = build_vqa_store(_split_paths(args.questions, "--questions"),
+                          _split_paths(args.annotations, "--annotations"), args.out, cfg)
+    log.info("wrote %s", out)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``data`` command group."""
+    group = subparsers.add_parser("data", help="build caption / VQA stores from raw annotations")
+    commands = group.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+
+    cap = commands.add_parser("captions", help="dataset_coco.json -> captions.h5 + references")
+    cap.add_argument("--karpathy", type=Path, required=True, help="Karpathy dataset_coco.json")
+    cap.add_argument("--out", type=Path, required=True, help="captions.h5 to write")
+    cap.add_argument("--references-dir", type=Path, required=True,
+                     help="directory for references_{train,val,test}.json")
+    cap.add_argument("--count-threshold", type=int, default=CaptionPreprocessConfig.count_threshold)
+    cap.add_argument("--max-length", type=int, default=CaptionPreprocessConfig.max_length)
+    cap.set_defaults(func=_captions)
+
+    vqa = commands.add_parser("vqa", help="VQA v2 questions/annotations -> vqa.h5")
+    vqa.add_argument("--questions", action="append", required=True, metavar="SPLIT=PATH",
+                     help="questions file per split (train, val, test); repeat the option")
+    vqa.add_argument("--annotations", action="append", metavar="SPLIT=PATH",
+                     help="annotations file per split (none for test); repeat the option")
+    vqa.add_argument("--out", type=Path, required=True, help="vqa.h5 to write")
+    vqa.add_argument("--min-answer-count", type=int, default=VQAPreprocessConfig.min_answer_count)
+    vqa.add_argument("--max-question-length", type=int,
+                     default=VQAPreprocessConfig.max_question_length)
+    vqa.set_defaults(func=_vqa)

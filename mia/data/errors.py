@@ -1,0 +1,63 @@
+"""One error type for malformed raw data, and the field checks every reader shares.
+
+Raw files come from many places (COCO, Karpathy, VQA, bottom-up features, the demo world), and a
+bad record deep inside a 400 MB JSON is useless to report as a bare ``KeyError``. Every reader
+therefore raises :class:`DataFormatError`, whose message names the file, the record and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class DataFormatError(ValueError):
+    """A raw data file does not have the structure its format promises."""
+
+    def __init__(self, path: str | os.PathLike, record: object, field: str, problem: str) -> None:
+        self.path = Path(path)
+        self.record = record
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{path}: record {record}: field {field!r}: {problem}")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file, turning a syntax error into a :class:`DataFormatError` at its line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found; run the download rule that fetches it")
+    try:
+        with path.open("rb") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise DataFormatError(path, f"line {err.lineno}", "<json>",
+                              f"not valid JSON ({err.msg}); re-download the file") from err
+
+
+def require(obj: Any, key: str, types: type | tuple[type, ...], path: str | os.PathLike,
+            record: object) -> Any:
+    """``obj[key]`` checked to be present and of ``types`` (bool is never accepted as a number)."""
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, record, key, f"record is a {type(obj).__name__}, not an object")
+    if key not in obj:
+        raise DataFormatError(path, record, key, "missing")
+    value = obj[key]
+    wanted = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool) and bool not in wanted:
+        raise DataFormatError(path, record, key, f"expected {_names(wanted)}, got bool {value!r}")
+    if not isinstance(value, wanted):
+        raise DataFormatError(path, record, key,
+                              f"expected {_names(wanted)}, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def require_list(obj: Any, key: str, path: str | os.PathLike, record: object = "<top>") -> list:
+    """``obj[key]`` checked to be a JSON array."""
+    return require(obj, key, list, path, record)
+
+
+def _names(types: tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in types)

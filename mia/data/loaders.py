@@ -1,0 +1,433 @@
+"""Batches for training and evaluation, gathered from stores held in RAM.
+
+A per-item ``Dataset`` that opens HDF5 and reads one row at a time spends its time in Python and
+HDF5 call overhead, not in the GPU (see ``benchmarks/dataloader.py``). Here every store is read
+once: features stay float16 in RAM (half the memory; cast to float32 per batch), captions,
+questions and targets are small arrays, and the image-id alignment between stores is resolved
+once into row-index arrays. A batch is then a handful of vectorised gathers.
+
+For feature stores larger than RAM, ``LoaderConfig(in_memory=False)`` keeps the HDF5 file open and
+reads the (sorted, unique) rows of each batch in one call per batch instead; everything else
+stays in RAM. Batch contents follow "Batches fed to models" in docs/CONTRACTS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mia.data.karpathy import SPLIT_CODES
+from mia.data.store import StoreError, open_store, read_attrs
+from mia.data.vocab import Vocabulary
+
+Batch = dict[str, torch.Tensor]
+_FEATURE_KINDS = ("grid_features", "region_features")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """``in_memory``: hold features in RAM (float16) rather than reading rows per batch from HDF5;
+    ``pin_memory``: pin batch tensors so ``.to(cuda, non_blocking=True)`` overlaps compute;
+    ``float32_features``: cast features on the CPU (the contract); ``False`` hands over the stored
+    float16 so the cast runs on the GPU and the host-to-device copy halves."""
+
+    in_memory: bool = True
+    pin_memory: bool = False
+    float32_features: bool = True
+
+
+def align_rows(store_ids: np.ndarray, wanted_ids: np.ndarray, store_path: str | os.PathLike,
+               needed_by: str) -> np.ndarray:
+    """Row of ``store_ids`` holding each of ``wanted_ids``; an error names the first missing id."""
+    store_ids = np.asarray(store_ids, dtype=np.int64)
+    wanted_ids = np.asarray(wanted_ids, dtype=np.int64)
+    if len(store_ids) == 0:
+        raise StoreError(f"{store_path}: store has no images, but {needed_by} needs "
+                         f"{len(wanted_ids)}")
+    order = np.argsort(store_ids, kind="stable")
+    pos = np.clip(np.searchsorted(store_ids, wanted_ids, sorter=order), 0, len(store_ids) - 1)
+    rows = order[pos]
+    missing = store_ids[rows] != wanted_ids
+    if missing.any():
+        raise StoreError(f"{store_path}: image id {int(wanted_ids[missing][0])} (needed by "
+                         f"{needed_by}) is not in this store ({int(missing.sum())} missing in "
+                         "all); rebuild the store over the same images")
+    return rows
+
+
+def _split_code(split: str) -> int:
+    if split not in SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r}; use one of {sorted(SPLIT_CODES)}")
+    return SPLIT_CODES[split]
+
+
+def _batches(rows: np.ndarray, batch_size: int, start: int = 0) -> Iterator[np.ndarray]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for b in range(start, -(-len(rows) // batch_size)):
+        yield rows[b * batch_size:(b + 1) * batch_size]
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of an epoch: a pure function of (seed, epoch), so resuming reproduces it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _finish(batch: Batch, pin: bool) -> Batch:
+    if pin and torch.cuda.is_available():
+        return {k: v.pin_memory() for k, v in batch.items()}
+    return batch
+
+
+class FeatureTable:
+    """Per-image visual features of a ``grid_features`` or ``region_features`` store.
+
+    In RAM the real stores take N x n x C x 2 bytes: 123,287 x 49 x 2048 grid features are
+    24.7 GB, 36 regions 18.2 GB. With ``in_memory=False`` the HDF5 file stays open in this process;
+    do not hand such a table to forked ``DataLoader`` workers (h5py handles do not survive fork).
+    """
+
+    def __init__(self, path: str | os.PathLike, in_memory: bool = True,
+                 float32: bool = True) -> None:
+        self.path = Path(path)
+        self.float32 = float32
+        self._file = open_store(self.path)
+        kind = self._file.attrs.get("kind")
+        if kind not in _FEATURE_KINDS:
+            self._file.close()
+            raise StoreError(f"{self.path}: store kind is {kind!r}, expected one of {_FEATURE_KINDS}")
+        self.kind = str(kind)
+        self.image_ids = self._file["image_ids"][()]
+        dataset = self._file["features"]
+        self.shape = tuple(dataset.shape)  # (N, n, C)
+        n = self.shape[1]
+        counts = (self._file["num_boxes"][()] if "num_boxes" in self._file
+                  else np.full(len(self.image_ids), n))
+        self._mask = torch.from_numpy(np.arange(n)[None, :] < counts[:, None])  # (N, n) bool
+        if in_memory:
+            self._features: torch.Tensor | None = torch.from_numpy(dataset[()])
+            self._file.close()
+            self._dataset = None
+        else:
+            self._features = None
+            self._dataset = dataset
+
+    def gather(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features`` (B, n, C) float32 and ``feature_mask`` (B, n) bool of store rows ``rows``."""
+        if self._features is not None:
+            feats = self._features.index_select(0, torch.from_numpy(rows))
+        else:
+            feats = torch.from_numpy(self._read_rows(rows))
+        return (feats.float() if self.float32 else feats), self._mask[torch.from_numpy(rows)]
+
+    def _read_rows(self, rows: np.ndarray) -> np.ndarray:
+        # One read per distinct row in file order: h5py's list indexing is a slow point selection.
+        unique, inverse = np.unique(rows, return_inverse=True)
+        out = np.empty((len(unique), *self.shape[1:]), dtype=self._dataset.dtype)
+        for k, row in enumerate(unique):
+            self._dataset.read_direct(out, np.s_[row], np.s_[k])
+        return out[inverse]
+
+
+class ConceptTable:
+    """Top-k concepts per image, mapped once from ``concept_words`` to caption-vocabulary ids."""
+
+    def __init__(self, path: str | os.PathLike, vocab: Vocabulary) -> None:
+        self.path = Path(path)
+        with open_store(self.path, "concepts") as f:
+            self.image_ids = f["image_ids"][()]
+            ids = f["concept_ids"][()].astype(np.int64)
+            words = read_attrs(f).get("concept_words")
+        if not isinstance(words, list):
+            raise StoreError(f"{self.path}: attribute 'concept_words' is missing or not a list")
+        if ids.size and ids.max() >= len(words):
+            raise StoreError(f"{self.path}: concept id {int(ids.max())} is out of range for "
+                             f"{len(words)} concept_words")
+        to_vocab = np.array([vocab.id(w) for w in words] + [0], dtype=np.int64)  # [-1] -> <pad>
+        self._concepts = torch.from_numpy(to_vocab[np.where(ids >= 0, ids, -1)])  # (N, k) int64
+        self._mask = torch.from_numpy(ids >= 0)
+
+    def gather(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``concepts`` (B, k) int64 caption-vocab ids and ``concept_mask`` (B, k) bool."""
+        index = torch.from_numpy(rows)
+        return self._concepts[index], self._mask[index]
+
+
+class CaptionData:
+    """Captions (one training item per caption) aligned by image id with features and concepts."""
+
+    def __init__(self, captions_path: Path, features: FeatureTable | None,
+                 concepts: ConceptTable | None, cfg: LoaderConfig) -> None:
+        with open_store(captions_path, "captions") as f:
+            self.image_ids = f["image_ids"][()]
+            self.split = f["split"][()]
+            self._captions = torch.from_numpy(f["captions"][()].astype(np.int64))
+            self._caption_image = f["caption_image_index"][()].astype(np.int64)
+            self._lengths = torch.from_numpy(f["caption_lengths"][()].astype(np.int64))
+            self.vocab = Vocabulary(tuple(read_attrs(f)["vocab"]))
+        self.path = captions_path
+        self.cfg = cfg
+        self.features = features
+        needed = f"{captions_path.name}"
+        self._feature_rows = (None if features is None else
+                              align_rows(features.image_ids, self.image_ids, features.path, needed))
+        self.concepts = concepts
+        self._concept_rows = (None if concepts is None else
+                              align_rows(concepts.image_ids, self.image_ids, concepts.path, needed))
+        self._ids = torch.from_numpy(self.image_ids.astype(np.int64))
+        self._train_captions = np.flatnonzero(self.split[self._caption_image] == SPLIT_CODES["train"])
+
+    @classmethod
+    def from_stores(cls, captions_h5: str | os.PathLike, features_h5: str | os.PathLike | None = None,
+                    concepts_h5: str | os.PathLike | None = None,
+                    cfg: LoaderConfig = LoaderConfig()) -> CaptionData:
+        """Load ``captions.h5`` and, optionally, a grid/region feature store and a concept store."""
+        captions_path = Path(captions_h5)
+        features = (None if features_h5 is None else
+                    FeatureTable(features_h5, cfg.in_memory, cfg.float32_features))
+        vocab = None
+        if concepts_h5 is not None:
+            with open_store(captions_path, "captions") as f:
+                vocab = Vocabulary(tuple(read_attrs(f)["vocab"]))
+        concepts = None if concepts_h5 is None else ConceptTable(concepts_h5, vocab)
+        return cls(captions_path, features, concepts, cfg)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_train_captions(self) -> int:
+        return len(self._train_captions)
+
+    def num_train_batches(self, batch_size: int) -> int:
+        return -(-self.num_train_captions // batch_size)
+
+    def split_rows(self, split: str) -> np.ndarray:
+        """Image rows of ``split``, in store (Karpathy) order."""
+        return np.flatnonzero(self.split == _split_code(split))
+
+    # ------------------------------------------------------------------ batches
+    def image_batch(self, rows: np.ndarray) -> Batch:
+        """Per-image tensors of image rows ``rows``: ids, features + mask, concepts + mask."""
+        batch: Batch = {"image_ids": self._ids[torch.from_numpy(rows)]}
+        if self.features is not None:
+            batch["features"], batch["feature_mask"] = self.features.gather(self._feature_rows[rows])
+        if self.concepts is not None:
+            batch["concepts"], batch["concept_mask"] = self.concepts.gather(self._concept_rows[rows])
+        return batch
+
+    def caption_batch(self, caption_rows: np.ndarray) -> Batch:
+        """A training batch of caption rows: their image's tensors plus captions and lengths."""
+        batch = self.image_batch(self._caption_image[caption_rows])
+        index = torch.from_numpy(caption_rows)
+        batch["captions"] = self._captions[index]
+        batch["caption_lengths"] = self._lengths[index]
+        return batch
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int, start: int = 0
+                      ) -> Iterator[Batch]:
+        """One item per training caption, shuffled by ``(seed, epoch)``; skip ``start`` batches.
+
+        Nothing is dropped: the last batch may be smaller.
+        """
+        order = self._train_captions[_epoch_order(self.num_train_captions, seed, epoch)]
+        for rows in _batches(order, batch_size, start):
+            yield _finish(self.caption_batch(rows), self.cfg.pin_memory)
+
+    def train_image_batches(self, epoch: int, batch_size: int, seed: int, start: int = 0
+                            ) -> Iterator[Batch]:
+        """One item per training image (for SCST, which samples captions per image)."""
+        rows = self.split_rows("train")
+        for chunk in _batches(rows[_epoch_order(len(rows), seed, epoch)], batch_size, start):
+            yield _finish(self.image_batch(chunk), self.cfg.pin_memory)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """One item per image of ``split``, in store order."""
+        for rows in _batches(self.split_rows(split), batch_size):
+            yield _finish(self.image_batch(rows), self.cfg.pin_memory)
+
+    def references(self, split: str) -> dict[int, list[str]]:
+        """``{image_id: [space-joined tokens]}`` of the stored captions of ``split``.
+
+        Built from the encoded captions (words below the vocabulary threshold appear as ``<unk>``,
+        captions cut at ``max_length``): fine for validation CIDEr-D and SCST rewards; reported
+        scores use ``references_{split}.json`` and the official toolkit instead.
+        """
+        code = _split_code(split)
+        words = self.vocab.words
+        out: dict[int, list[str]] = defaultdict(list)
+        for row in np.flatnonzero(self.split[self._caption_image] == code):
+            image_id = int(self.image_ids[self._caption_image[row]])
+            ids = self._captions[row, 1:int(self._lengths[row]) - 1].tolist()
+            out[image_id].append(" ".join(words[i] for i in ids))
+        return dict(out)
+
+
+class VQAData:
+    """VQA questions aligned by image id with region features; soft targets made per batch."""
+
+    def __init__(self, vqa_path: Path, features: FeatureTable, cfg: LoaderConfig) -> None:
+        with open_store(vqa_path, "vqa") as f:
+            self.image_ids = f["image_ids"][()]
+            self.question_ids = f["question_ids"][()]
+            self.split = f["split"][()]
+            self._question_image = f["question_image_index"][()].astype(np.int64)
+            self._questions = torch.from_numpy(f["questions"][()].astype(np.int64))
+            self._labels = torch.from_numpy(f["answer_labels"][()].astype(np.int64))
+            self._scores = torch.from_numpy(f["answer_scores"][()])
+            attrs = read_attrs(f)
+        self.path = vqa_path
+        self.cfg = cfg
+        self.question_vocab: list[str] = list(attrs["question_vocab"])
+        self.answer_vocab: list[str] = list(attrs["answer_vocab"])
+        self.features = features
+        image_rows = align_rows(features.image_ids, self.image_ids, features.path, vqa_path.name)
+        self._feature_rows = image_rows[self._question_image]  # (Q,) row in the feature store
+        self._qids = torch.from_numpy(self.question_ids.astype(np.int64))
+        self._image_of_question = torch.from_numpy(self.image_ids[self._question_image])
+
+    @classmethod
+    def from_stores(cls, vqa_h5: str | os.PathLike, regions_h5: str | os.PathLike,
+                    cfg: LoaderConfig = LoaderConfig()) -> VQAData:
+        features = FeatureTable(regions_h5, cfg.in_memory, cfg.float32_features)
+        return cls(Path(vqa_h5), features, cfg)
+
+    @property
+    def n_answers(self) -> int:
+        return len(self.answer_vocab)
+
+    def split_rows(self, splits: str | Sequence[str]) -> np.ndarray:
+        """Question rows of ``splits`` (one name or several), in store order."""
+        names = [splits] if isinstance(splits, str) else list(splits)
+        return np.flatnonzero(np.isin(self.split, [_split_code(s) for s in names]))
+
+    def num_train_batches(self, batch_size: int, splits: Sequence[str] = ("train",)) -> int:
+        return -(-len(self.split_rows(splits)) // batch_size)
+
+    def question_batch(self, rows: np.ndarray) -> Batch:
+        """Tensors of question rows: ids, questions, features + mask and dense soft ``target``."""
+        index = torch.from_numpy(rows)
+        feats, mask = self.features.gather(self._feature_rows[rows])
+        labels = self._labels[index]  # (B, 10), -1 pads
+        valid = labels >= 0
+        target = torch.zeros(len(rows), self.n_answers)
+        # scatter_add_ (not scatter_): padded slots add 0 to column 0 instead of overwriting it
+        target.scatter_add_(1, labels.clamp(min=0), self._scores[index] * valid)
+        return {"question_ids": self._qids[index], "image_ids": self._image_of_question[index],
+                "questions": self._questions[index], "features": feats, "feature_mask": mask,
+                "target": target}
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int, start: int = 0,
+                      splits: Sequence[str] = ("train",)) -> Iterator[Batch]:
+        """Questions of ``splits`` shuffled by ``(seed, epoch)``; skip ``start`` batches."""
+        rows = self.split_rows(splits)
+        for chunk in _batches(rows[_epoch_order(len(rows), seed, epoch)], batch_size, start):
+            yield _finish(self.question_batch(chunk), self.cfg.pin_memory)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """Questions of ``split`` in store order."""
+        for rows in _batches(self.split_rows(split), batch_size):
+            yield _finish(self.question_batch(rows), self.cfg.pin_memory)
+
+
+# ---------------------------------------------------------------------- background prefetch
+
+_DONE = object()
+
+
+def prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
+    """Yield ``batches`` made ``depth`` ahead by a background thread.
+
+    The gathers and the float16 -> float32 cast run in numpy/torch kernels that release the GIL,
+    so the next batch is assembled while the training step runs. Order and content are
+    unchanged; an exception in the producer is re-raised here.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        slots.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(_DONE)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            slots.put(err)
+
+    thread = threading.Thread(target=produce, name="mia-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+# ---------------------------------------------------------------------- torch Dataset wrappers
+
+
+def _single(batch: Batch) -> Batch:
+    return {k: v[0] for k, v in batch.items()}
+
+
+class CaptionDataset(Dataset):
+    """Per-caption items of one split for ``torch.utils.data.DataLoader`` (default collate works).
+
+    The batch iterators of :class:`CaptionData` are faster; this exists for DataLoader habits.
+    """
+
+    def __init__(self, data: CaptionData, split: str = "train") -> None:
+        self.data = data
+        self.rows = np.flatnonzero(data.split[data._caption_image] == _split_code(split))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Batch:
+        return _single(self.data.caption_batch(self.rows[[i]]))
+
+
+class CaptionImageDataset(Dataset):
+    """Per-image items of one split (evaluation) for DataLoader."""
+
+    def __init__(self, data: CaptionData, split: str) -> None:
+        self.data = data
+        self.rows = data.split_rows(split)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Batch:
+        return _single(self.data.image_batch(self.rows[[i]]))
+
+
+class VQADataset(Dataset):
+    """Per-question items of some splits for DataLoader."""
+
+    def __init__(self, data: VQAData, splits: str | Sequence[str] = "train") -> None:
+        self.data = data
+        self.rows = data.split_rows(splits)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Batch:
+        return _single(self.data.question_batch(self.rows[[i]]))

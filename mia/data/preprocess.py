@@ -1,0 +1,227 @@
+"""Raw annotations -> the compact ``captions.h5`` and ``vqa.h5`` stores of docs/CONTRACTS.md.
+
+Everything a training run needs from the annotations is computed here once: vocabularies (from
+the training split only, so validation and test words stay unseen), padded id arrays, and VQA
+soft targets. The loaders then only gather rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mia.data import store
+from mia.data.karpathy import SPLIT_CODES, KarpathyImage, read_karpathy
+from mia.data.vocab import BOS, EOS, QUESTION_SPECIALS, build_vocabulary
+from mia.data.vqa_v2 import ANSWERS_PER_QUESTION, VQAExample, read_vqa
+from mia.evaluation.vqa import normalize_answer
+
+
+@dataclass(frozen=True)
+class CaptionPreprocessConfig:
+    """``count_threshold``: min train count to keep a word; ``max_length``: words kept per caption."""
+
+    count_threshold: int = 5
+    max_length: int = 16
+
+
+@dataclass(frozen=True)
+class VQAPreprocessConfig:
+    """The bottom-up-attention-vqa recipe: answers seen ``min_answer_count`` times in
+    ``answer_splits`` (3,129 on VQA v2 train+val), questions cut to ``max_question_length``."""
+
+    min_answer_count: int = 9
+    max_question_length: int = 14
+    question_count_threshold: int = 1
+    answer_splits: tuple[str, ...] = ("train", "val")
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def encode_captions(token_lists: Sequence[Sequence[str]], vocab_index: Mapping[str, int],
+                    unk_id: int, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``<bos> w1..wn <eos> <pad>..`` rows of width ``max_length + 2`` (n truncated to max_length).
+
+    Returns ``(captions (M, max_length+2) int32, lengths (M,) int32 = n + 2)``.
+    """
+    out = np.zeros((len(token_lists), max_length + 2), dtype=np.int32)
+    lengths = np.empty(len(token_lists), dtype=np.int32)
+    bos, eos = vocab_index[BOS], vocab_index[EOS]
+    for row, tokens in enumerate(token_lists):
+        ids = [vocab_index.get(t, unk_id) for t in tokens[:max_length]]
+        out[row, 0] = bos
+        out[row, 1:len(ids) + 1] = ids
+        out[row, len(ids) + 1] = eos
+        lengths[row] = len(ids) + 2
+    return out, lengths
+
+
+def coco_references(images: Sequence[KarpathyImage]) -> dict:
+    """The raw captions of ``images`` in the COCO caption format pycocoevalcap reads."""
+    return {
+        "info": {"description": "references from the Karpathy split, written by mia-repro"},
+        "licenses": [],
+        "type": "captions",
+        "images": [{"id": img.cocoid, "file_name": img.filename} for img in images],
+        "annotations": [{"image_id": img.cocoid, "id": s.sentid, "caption": s.raw}
+                        for img in images for s in img.sentences],
+    }
+
+
+def _write_json_atomic(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def build_caption_store(karpathy_json: str | os.PathLike, out_h5: str | os.PathLike,
+                        references_dir: str | os.PathLike,
+                        cfg: CaptionPreprocessConfig = CaptionPreprocessConfig()) -> Path:
+    """Write ``captions.h5`` and ``references_{train,val,test}.json`` from ``dataset_coco.json``.
+
+    The vocabulary comes from training tokens only (train + restval), images keep Karpathy order.
+    """
+    if cfg.max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {cfg.max_length}")
+    images = read_karpathy(karpathy_json)
+    train_tokens = (s.tokens for img in images if img.store_split == "train" for s in img.sentences)
+    vocab, _ = build_vocabulary(train_tokens, cfg.count_threshold)
+    token_lists = [s.tokens for img in images for s in img.sentences]
+    captions, lengths = encode_captions(token_lists, vocab.index, vocab.unk_id, cfg.max_length)
+    image_index = np.repeat(np.arange(len(images), dtype=np.int64),
+                            [len(img.sentences) for img in images])
+    split = np.array([SPLIT_CODES[img.store_split] for img in images], dtype=np.uint8)
+    store.write_store(
+        out_h5, kind="captions",
+        image_ids=np.array([img.cocoid for img in images], dtype=np.int64),
+        datasets={"split": split, "captions": captions, "caption_image_index": image_index,
+                  "caption_lengths": lengths},
+        config={**asdict(cfg), "karpathy_json": str(karpathy_json)},
+        attrs={"vocab": list(vocab.words), "max_length": cfg.max_length,
+               "count_threshold": cfg.count_threshold},
+    )
+    for name in SPLIT_CODES:
+        subset = [img for img in images if img.store_split == name]
+        _write_json_atomic(coco_references(subset), Path(references_dir) / f"references_{name}.json")
+    return Path(out_h5)
+
+
+# --------------------------------------------------------------------------- VQA
+
+# Answers are normalised exactly as the official evaluation compares them (one copy, in
+# mia.evaluation.vqa), so a store's answer vocabulary matches what the metric counts.
+
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)*")
+
+
+def tokenize_question(text: str) -> list[str]:
+    """Lowercase words; clitics split off as GloVe's (Stanford) tokens: ``man's -> man 's``,
+    ``don't -> do n't``."""
+    out: list[str] = []
+    for word in _WORD.findall(text.lower()):
+        if word.endswith("n't") and len(word) > 3:
+            out += [word[:-3], "n't"]
+        elif "'" in word:
+            head, tail = word.split("'", 1)
+            out += [head, "'" + tail]
+        else:
+            out.append(word)
+    return out
+
+
+_SOFT_SCORES = (0.0, 0.3, 0.6, 0.9)
+
+
+def soft_score(count: int) -> float:
+    """Target score of an answer given by ``count`` of the 10 humans (bottom-up-attention-vqa):
+    0 -> 0, 1 -> 0.3, 2 -> 0.6, 3 -> 0.9, >= 4 -> 1; a smooth stand-in for min(1, count / 3)."""
+    return _SOFT_SCORES[count] if count < len(_SOFT_SCORES) else 1.0
+
+
+def answer_targets(answers: Sequence[str], answer_index: Mapping[str, int]
+                   ) -> tuple[list[int], list[float]]:
+    """Labels (ascending) and soft scores of the candidate answers among 10 raw human answers."""
+    counts = Counter(normalize_answer(a) for a in answers)
+    labelled = sorted((answer_index[a], soft_score(c)) for a, c in counts.items()
+                      if a in answer_index)
+    return [lab for lab, _ in labelled], [s for _, s in labelled]
+
+
+def _read_splits(questions: Mapping[str, str | os.PathLike],
+                 annotations: Mapping[str, str | os.PathLike]) -> dict[str, list[VQAExample]]:
+    unknown = (set(questions) | set(annotations)) - set(SPLIT_CODES)
+    if unknown:
+        raise ValueError(f"unknown VQA split(s) {sorted(unknown)}; use {sorted(SPLIT_CODES)}")
+    missing = set(annotations) - set(questions)
+    if missing:
+        raise ValueError(f"annotations given for split(s) {sorted(missing)} without questions")
+    return {name: read_vqa(questions[name], annotations.get(name))
+            for name in SPLIT_CODES if name in questions}
+
+
+def build_vqa_store(questions_paths_by_split: Mapping[str, str | os.PathLike],
+                    annotations_paths_by_split: Mapping[str, str | os.PathLike],
+                    out_h5: str | os.PathLike,
+                    cfg: VQAPreprocessConfig = VQAPreprocessConfig()) -> Path:
+    """Write ``vqa.h5``: encoded questions, answer vocabulary and sparse soft targets.
+
+    Splits are ``train``/``val``/``test``; test has questions only (its labels stay -1).
+    """
+    splits = _read_splits(questions_paths_by_split, annotations_paths_by_split)
+    examples = [ex for name in splits for ex in splits[name]]
+    split = np.concatenate([np.full(len(splits[n]), SPLIT_CODES[n], np.uint8) for n in splits])
+    question_ids = np.array([ex.question_id for ex in examples], dtype=np.int64)
+    if len(np.unique(question_ids)) != len(question_ids):
+        raise ValueError("a question_id occurs in two splits; pass each split's files once")
+
+    answer_counts = Counter(normalize_answer(ex.annotation.multiple_choice_answer)
+                            for n in cfg.answer_splits for ex in splits.get(n, [])
+                            if ex.annotation is not None)
+    answers = sorted((a for a, c in answer_counts.items() if c >= cfg.min_answer_count),
+                     key=lambda a: (-answer_counts[a], a))
+    if not answers:
+        raise ValueError(f"no answer occurs {cfg.min_answer_count} times in {cfg.answer_splits}; "
+                         "lower min_answer_count or check the annotations")
+    answer_index = {a: i for i, a in enumerate(answers)}
+
+    tokens = [tokenize_question(ex.question.question) for ex in examples]
+    qvocab, _ = build_vocabulary((t for t, s in zip(tokens, split, strict=True) if s == 0),
+                                 cfg.question_count_threshold, QUESTION_SPECIALS)
+    questions = np.zeros((len(examples), cfg.max_question_length), dtype=np.int32)
+    labels = np.full((len(examples), ANSWERS_PER_QUESTION), -1, dtype=np.int32)
+    scores = np.zeros((len(examples), ANSWERS_PER_QUESTION), dtype=np.float32)
+    for row, (ex, toks) in enumerate(zip(examples, tokens, strict=True)):
+        ids = qvocab.encode(toks[:cfg.max_question_length])
+        questions[row, :len(ids)] = ids
+        if ex.annotation is not None:
+            labs, scs = answer_targets(ex.annotation.answers, answer_index)
+            labels[row, :len(labs)] = labs
+            scores[row, :len(scs)] = scs
+
+    image_ids, image_index = np.unique([ex.image_id for ex in examples], return_inverse=True)
+    store.write_store(
+        out_h5, kind="vqa", image_ids=image_ids,
+        datasets={"question_ids": question_ids, "question_image_index": image_index.astype(np.int64),
+                  "questions": questions, "split": split, "answer_labels": labels,
+                  "answer_scores": scores},
+        config={**asdict(cfg), "questions": {k: str(v) for k, v in questions_paths_by_split.items()},
+                "annotations": {k: str(v) for k, v in annotations_paths_by_split.items()}},
+        attrs={"question_vocab": list(qvocab.words), "answer_vocab": answers,
+               "max_question_length": cfg.max_question_length,
+               "min_answer_count": cfg.min_answer_count},
+    )
+    return Path(out_h5)

@@ -1,0 +1,224 @@
+"""Vocabularies, encodings, soft scores and the captions.h5 / vqa.h5 stores, on coco-mini."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from coco_mini_fixtures import count_tokens, write_karpathy, write_vqa
+
+from mia.data.preprocess import (
+    CaptionPreprocessConfig,
+    VQAPreprocessConfig,
+    build_caption_store,
+    build_vqa_store,
+    normalize_answer,
+    soft_score,
+    tokenize_question,
+)
+from mia.data.store import load_store
+from mia.data.vocab import CAPTION_SPECIALS, Vocabulary, build_vocabulary
+
+# ---------------------------------------------------------------- vocabularies
+
+
+def test_vocabulary_threshold_specials_and_order():
+    tokens = [["b", "a", "c"], ["a", "b", "zz"], ["a", "d", "zz"], ["d"]]
+    vocab, counts = build_vocabulary(tokens, count_threshold=2)
+    # specials first, then count desc (a: 3), ties by word (b, d, zz: 2); c (1) dropped
+    assert vocab.words == ("<pad>", "<bos>", "<eos>", "<unk>", "a", "b", "d", "zz")
+    assert counts["c"] == 1
+    assert vocab.encode(["a", "c", "zz"]) == [4, 3, 7]
+    assert vocab.decode([1, 4, 3, 2, 5, 0]) == ["a", "<unk>"]
+    shuffled, _ = build_vocabulary(reversed(tokens), count_threshold=2)
+    assert shuffled == vocab  # order does not depend on input order
+
+
+def test_vocabulary_rejects_duplicates_and_missing_unk():
+    with pytest.raises(ValueError, match="duplicate"):
+        Vocabulary(("<pad>", "<unk>", "a", "a"))
+    with pytest.raises(ValueError, match="<unk>"):
+        Vocabulary(("<pad>", "a"))
+
+
+# ---------------------------------------------------------------- captions.h5
+
+
+@pytest.fixture(scope="module")
+def caption_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("captions")
+    karpathy = write_karpathy(root / "dataset_coco.json")
+    cfg = CaptionPreprocessConfig(count_threshold=2, max_length=8)
+    out = build_caption_store(karpathy, root / "captions.h5", root / "refs", cfg)
+    return json.loads(karpathy.read_text()), load_store(out, "captions"), root / "refs"
+
+
+def test_caption_vocab_from_train_tokens_only(caption_store):
+    karpathy, store, _ = caption_store
+    train_counts = count_tokens(karpathy, ("train", "restval"))
+    expected = sorted((w for w, c in train_counts.items() if c >= 2),
+                      key=lambda w: (-train_counts[w], w))
+    assert store["attrs"]["vocab"] == list(CAPTION_SPECIALS) + expected
+    held_out = count_tokens(karpathy, ("val", "test"))
+    only_held_out = {w for w, c in held_out.items() if c >= 2 and train_counts[w] < 2}
+    assert only_held_out and not only_held_out & set(store["attrs"]["vocab"])
+
+
+def test_caption_store_layout_and_encoding(caption_store):
+    karpathy, store, _ = caption_store
+    images = karpathy["images"]
+    codes = {"train": 0, "restval": 0, "val": 1, "test": 2}
+    np.testing.assert_array_equal(store["image_ids"], [i["cocoid"] for i in images])
+    np.testing.assert_array_equal(store["split"], [codes[i["split"]] for i in images])
+    assert store["captions"].shape == (165, 10) and store["captions"].dtype == np.int32
+    vocab = {w: i for i, w in enumerate(store["attrs"]["vocab"])}
+    sentences = [(n, s) for n, img in enumerate(images) for s in img["sentences"]]
+    for row, (n, sent) in enumerate(sentences):
+        words = sent["tokens"][:8]
+        expected = [1] + [vocab.get(w, 3) for w in words] + [2]
+        expected += [0] * (10 - len(expected))
+        assert store["captions"][row].tolist() == expected
+        assert store["caption_lengths"][row] == len(words) + 2
+        assert store["caption_image_index"][row] == n
+    assert (store["caption_lengths"] == 10).any()  # some captions were truncated to max_length
+    attrs = store["attrs"]
+    assert (attrs["max_length"], attrs["count_threshold"]) == (8, 2)
+    assert attrs["config"]["count_threshold"] == 2 and attrs["kind"] == "captions"
+
+
+def test_references_load_in_pycocotools(caption_store):
+    from pycocotools.coco import COCO
+
+    karpathy, _, refs = caption_store
+    for split, names in {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}.items():
+        coco = COCO(str(refs / f"references_{split}.json"))
+        images = [i for i in karpathy["images"] if i["split"] in names]
+        assert sorted(coco.getImgIds()) == sorted(i["cocoid"] for i in images)
+        img = images[0]
+        got = [a["caption"] for a in coco.imgToAnns[img["cocoid"]]]
+        assert got == [s["raw"] for s in img["sentences"]]  # raw, untokenised captions
+
+
+# ---------------------------------------------------------------- VQA preprocessing
+
+
+@pytest.mark.parametrize(("raw", "normalised"), [
+    ("Two", "2"), ("the dog.", "dog"), ("yes!", "yes"), ("a person!", "person"),
+    ("1,000", "1000"), ("dont", "don't"), ("3.5", "3.5"), ("red, white", "red white"),
+    ("  Ten  apples\n", "10 apples"), ("couldnt've", "couldn't've"), ("an orange", "orange"),
+])
+def test_normalize_answer_official_rules(raw, normalised):
+    assert normalize_answer(raw) == normalised
+
+
+def test_soft_score_table():
+    assert [soft_score(c) for c in range(7)] == [0.0, 0.3, 0.6, 0.9, 1.0, 1.0, 1.0]
+
+
+def test_tokenize_question():
+    assert tokenize_question("What's the man's name?") == ["what", "'s", "the", "man", "'s", "name"]
+    assert tokenize_question("Don't they, 2 DOGS, play?") == ["do", "n't", "they", "2", "dogs",
+                                                                "play"]
+
+
+@pytest.fixture(scope="module")
+def vqa_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vqa")
+    questions, annotations = write_vqa(root)
+    cfg = VQAPreprocessConfig(min_answer_count=2, max_question_length=5)
+    out = build_vqa_store(questions, annotations, root / "vqa.h5", cfg)
+    return questions, annotations, load_store(out, "vqa")
+
+
+def test_vqa_answer_vocab_recipe(vqa_store):
+    _, annotations, store = vqa_store
+    counts = Counter(normalize_answer(a["multiple_choice_answer"]) for split in ("train", "val")
+                     for a in json.loads(annotations[split].read_text())["annotations"])
+    expected = sorted((a for a, c in counts.items() if c >= 2), key=lambda a: (-counts[a], a))
+    assert store["attrs"]["answer_vocab"] == expected
+    assert "yes" in expected and "no" in expected
+
+
+def test_vqa_soft_targets_match_human_counts(vqa_store):
+    questions, annotations, store = vqa_store
+    answer_vocab = store["attrs"]["answer_vocab"]
+    row_of = {int(q): i for i, q in enumerate(store["question_ids"])}
+    checked = 0
+    for split in ("train", "val"):
+        for ann in json.loads(annotations[split].read_text())["annotations"]:
+            row = row_of[ann["question_id"]]
+            humans = Counter(normalize_answer(a["answer"]) for a in ann["answers"])
+            # reference: min(1, 0.3 * count) below 4 humans, 1 from 4 on (bottom-up-attention-vqa)
+            expected = {answer_vocab.index(a): (1.0 if c >= 4 else 0.3 * c)
+                        for a, c in humans.items() if a in answer_vocab}
+            labels, scores = store["answer_labels"][row], store["answer_scores"][row]
+            got = {int(lab): float(s) for lab, s in zip(labels, scores, strict=True) if lab >= 0}
+            assert got.keys() == expected.keys()
+            for k, v in expected.items():
+                assert got[k] == pytest.approx(v, abs=1e-6)
+            assert (labels[len(got):] == -1).all() and (scores[len(got):] == 0).all()
+            checked += 1
+    assert checked == len(store["question_ids"][store["split"] < 2])
+    # the number question: 7 say "N", one says it in words (normalised to N): all 8 agree
+    ann = json.loads(annotations["train"].read_text())["annotations"][0]
+    assert ann["answer_type"] == "number"
+    row = row_of[ann["question_id"]]
+    assert store["answer_scores"][row][0] == pytest.approx(1.0)
+
+
+def test_vqa_store_questions_splits_and_images(vqa_store):
+    questions, _, store = vqa_store
+    qvocab = store["attrs"]["question_vocab"]
+    assert qvocab[:2] == ["<pad>", "<unk>"]
+    rows = []
+    for code, split in enumerate(("train", "val", "test")):
+        rows += [(code, q) for q in json.loads(questions[split].read_text())["questions"]]
+    np.testing.assert_array_equal(store["question_ids"], [q["question_id"] for _, q in rows])
+    np.testing.assert_array_equal(store["split"], [c for c, _ in rows])
+    assert store["questions"].shape == (len(rows), 5)
+    for row, (_, q) in enumerate(rows):
+        assert store["image_ids"][store["question_image_index"][row]] == q["image_id"]
+        tokens = tokenize_question(q["question"])[:5]
+        ids = [qvocab.index(t) if t in qvocab else 1 for t in tokens]
+        assert store["questions"][row].tolist() == ids + [0] * (5 - len(ids))
+    test_rows = store["split"] == 2
+    assert test_rows.any() and (store["answer_labels"][test_rows] == -1).all()
+    assert store["attrs"]["config"]["min_answer_count"] == 2
+
+
+def test_vqa_store_rejects_unknown_split(tmp_path):
+    questions, annotations = write_vqa(tmp_path)
+    with pytest.raises(ValueError, match="test-dev"):
+        build_vqa_store({**questions, "test-dev": questions["test"]}, annotations,
+                        tmp_path / "vqa.h5")
+    assert not (tmp_path / "vqa.h5").exists()
+
+
+def test_question_vocab_from_train_only(tmp_path):
+    questions, annotations = write_vqa(tmp_path)
+    data = json.loads(questions["val"].read_text())
+    data["questions"][0]["question"] = "Is the zebra grazing?"
+    questions["val"].write_text(json.dumps(data))
+    store = load_store(build_vqa_store(questions, annotations, tmp_path / "vqa.h5"), "vqa")
+    qvocab = store["attrs"]["question_vocab"]
+    assert "zebra" not in qvocab and "grazing" not in qvocab
+    row = int(np.flatnonzero(store["question_ids"] == data["questions"][0]["question_id"])[0])
+    assert store["questions"][row, :4].tolist() == [qvocab.index("is"), qvocab.index("the"), 1, 1]
+
+
+def test_cli_builds_both_stores(tmp_path):
+    from mia.cli import main
+
+    karpathy = write_karpathy(tmp_path / "dataset_coco.json")
+    assert main(["data", "captions", "--karpathy", str(karpathy), "--out",
+                 str(tmp_path / "captions.h5"), "--references-dir", str(tmp_path / "refs"),
+                 "--count-threshold", "3"]) == 0
+    assert load_store(tmp_path / "captions.h5")["attrs"]["count_threshold"] == 3
+    questions, annotations = write_vqa(tmp_path)
+    argv = ["data", "vqa", "--out", str(tmp_path / "vqa.h5"), "--min-answer-count", "2"]
+    argv += [a for s, p in questions.items() for a in ("--questions", f"{s}={p}")]
+    argv += [a for s, p in annotations.items() for a in ("--annotations", f"{s}={p}")]
+    assert main(argv) == 0
+    assert load_store(tmp_path / "vqa.h5")["attrs"]["min_answer_count"] == 2
