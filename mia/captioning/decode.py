@@ -1,0 +1,104 @@
+"""Decode a split with a trained checkpoint into the COCO caption results format.
+
+The output, ``[{"image_id": int, "caption": str}, ...]``, is what coco-caption's ``loadRes`` and
+``mia evaluate captions`` read; captions are the generated words joined by spaces (the vocabulary
+is already lower-cased and tokenised, so there is nothing else to undo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mia.captioning.beam import EOS, PAD, decode
+from mia.captioning.checkpoint import load_checkpoint
+from mia.captioning.config import CaptionerConfig
+from mia.captioning.models import build_captioner
+
+
+def vocab_words(vocab: Any) -> list[str]:
+    """The id -> word list of a loader's ``.vocab`` (a list, or an object with ``.words``)."""
+    words = getattr(vocab, "words", vocab)
+    return [str(w) for w in words]
+
+
+def tokens_to_words(tokens: Iterable[int], words: Sequence[str]) -> list[str]:
+    """Ids up to (not including) the first ``<eos>``; ``<pad>`` skipped."""
+    out = []
+    for token in tokens:
+        if token == EOS:
+            break
+        if token != PAD:
+            out.append(words[token])
+    return out
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as torch spells it."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+@torch.no_grad()
+def caption_split(model: torch.nn.Module, data: Any, split: str, beam_size: int, max_length: int,
+                  batch_size: int = 100) -> dict[int, str]:
+    """``{image_id: caption}`` for every image of ``split`` (model put in eval mode)."""
+    was_training = model.training
+    model.eval()
+    words = vocab_words(data.vocab)
+    device = next(model.parameters()).device
+    captions: dict[int, str] = {}
+    for batch in data.eval_batches(split, batch_size):
+        decoded = decode(model, move_batch(batch, device), beam_size, max_length)
+        for image_id, tokens in zip(batch["image_ids"].tolist(), decoded.tokens.tolist(),
+                                    strict=True):
+            captions[int(image_id)] = " ".join(tokens_to_words(tokens, words))
+    model.train(was_training)
+    return captions
+
+
+def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
+                   ) -> tuple[torch.nn.Module, list[str]]:
+    """Rebuild the model a ``best.pt``/``last.pt`` was trained with; returns it and its vocab."""
+    ck = load_checkpoint(checkpoint, map_location="cpu")
+    cfg = CaptionerConfig.from_dict(ck["captioner"], f"{checkpoint}: captioner")
+    model = build_captioner(cfg, len(ck["vocab"]))
+    model.load_state_dict(ck["model"])
+    return model.to(resolve_device(device)).eval(), list(ck["vocab"])
+
+
+def decode_split(checkpoint: str | os.PathLike, data: Any, split: str, beam_size: int = 3,
+                 max_length: int = 20, out_path: str | os.PathLike | None = None,
+                 device: str = "auto", batch_size: int = 100) -> list[dict[str, Any]]:
+    """Caption every image of ``split``; optionally write the COCO results JSON to ``out_path``."""
+    model, vocab = load_captioner(checkpoint, device)
+    if vocab != vocab_words(data.vocab):
+        raise ValueError(f"{checkpoint}: the checkpoint's vocabulary differs from the data's; "
+                         "decode with the captions store the model was trained on")
+    captions = caption_split(model, data, split, beam_size, max_length, batch_size)
+    results = [{"image_id": image_id, "caption": caption} for image_id, caption in
+               captions.items()]
+    if out_path is not None:
+        write_results(results, out_path)
+    return results
+
+
+def write_results(results: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write the COCO results JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(results))
+    os.replace(tmp, path)
+    return path
