@@ -15,6 +15,10 @@ import mia
 
 # Modules that define ``register(subparsers: argparse._SubParsersAction) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "mia.data.cli",
+    "mia.data.demo_cli",
+    "mia.evaluation.cli",
+    "mia.features.cli",
 )
 
 

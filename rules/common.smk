@@ -1,0 +1,204 @@
+# Which jobs exist: small functions of the config. Rules call these; nothing here does work.
+
+import os
+import sys
+
+# Shell rules call `python -m mia ...`. Under --use-conda the job's environment puts its own
+# python first; otherwise the python running Snakemake (the project's venv) must be the one found,
+# even when the venv was not activated. Jobs, also on Slurm, inherit this PATH.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+
+REPO = workflow.basedir  # the checkout whose `mia` package every script and shell command runs
+NAME = config["name"]
+R = f"results/{NAME}"  # every output of this config lives under here
+ROOT = config["data"]["root"]  # raw data in the layout of docs/CONTRACTS.md
+DOWNLOADS = config["data"].get("downloads_dir", "resources/downloads")
+DEMO = config["data"]["source"] == "demo"
+CORE_ENV = "../envs/core.yaml"
+EVAL_ENV = "../envs/evaluation.yaml"
+VARIANT_PATTERN = "base|mia|mia_visual|mia_concepts|self_attention|mia_n[1-9]"
+
+
+wildcard_constraints:
+    task="captioning|vqa",
+    baseline="[a-z][a-z0-9_]*",
+    variant=VARIANT_PATTERN,
+    split="train|val|test",
+    stage="xe|scst",
+    kind="grid|regions",
+    dataset="[a-z][a-z0-9_]*",
+
+
+def res(rule_name, key):
+    """A resource of `rule_name` from config `resources` (gpu defaults to 0)."""
+    return config["resources"][rule_name].get(key, 0)
+
+
+# ------------------------------------------------------------------ runs and tables
+def selected_tables():
+    """The tables the report shows, in config order; an unknown name is a config error."""
+    names = config["report"]["tables"]
+    unknown = [t for t in names if t not in config["tables"]]
+    if unknown:
+        raise ValueError(f"report.tables: {unknown} not defined under tables: "
+                         f"{sorted(config['tables'])}")
+    return names
+
+
+def selected_runs(task=None):
+    """Run ids `{task}/{baseline}/{variant}` of the selected tables, each once, in order."""
+    seen = {}
+    for table in selected_tables():
+        for run in config["tables"][table]["runs"]:
+            if task is None or run.split("/")[0] == task:
+                seen.setdefault(run, None)
+    for run in seen:
+        run_task, baseline, _ = run.split("/")
+        section = "captioning" if run_task == "captioning" else "vqa"
+        if baseline not in config[section]["baselines"]:
+            raise ValueError(f"tables: run {run!r} names baseline {baseline!r}, which is not "
+                             f"under {section}.baselines: {sorted(config[section]['baselines'])}")
+    return list(seen)
+
+
+def caption_stage(baseline):
+    """The last training stage of a captioning baseline: `scst` when it has one, else `xe`."""
+    return "scst" if config["captioning"]["baselines"][baseline]["scst"] else "xe"
+
+
+def final_caption_model(wildcards):
+    return f"{R}/runs/captioning/{wildcards.baseline}/{wildcards.variant}/{caption_stage(wildcards.baseline)}/model.pt"
+
+
+def metrics_path(run):
+    task, baseline, variant = run.split("/")
+    split = config["captioning"]["decode"]["split"] if task == "captioning" else config["vqa"]["eval_split"]
+    return f"{R}/runs/{run}/metrics_{split}.json"
+
+
+def history_paths(run):
+    """Every training stage's history.json of a run (XE, then SCST where there is one)."""
+    task, baseline, variant = run.split("/")
+    if task == "vqa":
+        return [f"{R}/runs/{run}/history.json"]
+    stages = ["xe", "scst"] if caption_stage(baseline) == "scst" else ["xe"]
+    return [f"{R}/runs/{run}/{stage}/history.json" for stage in stages]
+
+
+def benchmark_paths(run):
+    task, baseline, variant = run.split("/")
+    if task == "vqa":
+        return [f"{R}/benchmarks/train_vqa/{baseline}/{variant}.tsv"]
+    stages = ["xe", "scst"] if caption_stage(baseline) == "scst" else ["xe"]
+    return [f"{R}/benchmarks/train_captioner/{baseline}/{variant}/{stage}.tsv"
+            for stage in stages]
+
+
+def stages(run):
+    """Training stages of a run, in order: ["xe"], ["xe", "scst"], or [""] for VQA."""
+    task, baseline, _ = run.split("/")
+    if task == "vqa":
+        return [""]
+    return ["xe", "scst"] if caption_stage(baseline) == "scst" else ["xe"]
+
+
+def report_run_files():
+    """Per run: its metrics file and, per training stage, its history and benchmark files."""
+    return {run: {"metrics": metrics_path(run),
+                  "histories": dict(zip(stages(run), history_paths(run))),
+                  "benchmarks": dict(zip(stages(run), benchmark_paths(run)))}
+            for run in selected_runs()}
+
+
+def report_inputs():
+    """Everything the report reads, keyed so the render script can find each run's files."""
+    runs = selected_runs()
+    return {
+        "metrics": [metrics_path(r) for r in runs],
+        "histories": [p for r in runs for p in history_paths(r)],
+        "benchmarks": [p for r in runs for p in benchmark_paths(r)],
+    }
+
+
+# ------------------------------------------------------------------ raw data and stores
+def raw(path):
+    return f"{ROOT}/{path}"
+
+
+KARPATHY_JSON = raw("karpathy/dataset_coco.json")
+VQA_QUESTIONS = {s: raw(f"vqa/v2_OpenEnded_mscoco_{s}2014_questions.json") for s in ("train", "val")}
+VQA_ANNOTATIONS = {s: raw(f"vqa/v2_mscoco_{s}2014_annotations.json") for s in ("train", "val")}
+INSTANCES = [raw(f"annotations/instances_{s}2014.json") for s in ("train", "val")]
+
+
+def image_dirs():
+    """Image folders: the demo world's one folder, or COCO's train2014/ and val2014/."""
+    if DEMO:
+        return [raw("images")]
+    return [raw("images/train2014"), raw("images/val2014")]
+
+
+def bottom_up_dir():
+    return raw("bottom_up/trainval_36")
+
+
+GRID_STORE = f"{R}/features/grid_{config['features']['grid']['backbone']}.h5"
+REGION_STORE = f"{R}/features/regions_{config['features']['regions']['source']}.h5"
+CAPTIONS_STORE = f"{R}/data/captions.h5"
+VQA_STORE = f"{R}/data/vqa.h5"
+
+
+def feature_store(kind):
+    return GRID_STORE if kind == "grid" else REGION_STORE
+
+
+def caption_inputs(wildcards):
+    """The stores a captioning run reads: captions, its features, and the matching concepts."""
+    kind = config["captioning"]["baselines"][wildcards.baseline]["features"]
+    return {"captions": CAPTIONS_STORE, "features": feature_store(kind),
+            "concepts": f"{R}/features/concepts_{kind}.h5"}
+
+
+def vqa_inputs(wildcards):
+    """A VQA run's stores, plus GloVe vectors for the question words when the config asks."""
+    kind = config["vqa"]["baselines"][wildcards.baseline]["features"]
+    inputs = {"vqa": VQA_STORE, "features": feature_store(kind),
+              "concepts": f"{R}/features/concepts_{kind}.h5"}
+    if config["vqa"].get("glove"):
+        inputs["glove"] = raw(config["vqa"]["glove"])
+    return inputs
+
+
+def download_spec(key):
+    spec = config["downloads"].get(key)
+    if spec is None:
+        raise ValueError(f"downloads: no entry {key!r}; known: {sorted(config['downloads'])}")
+    return spec
+
+
+def archive_path(key):
+    """Where a download lands (every paper input is a zip; the schema checks the URL)."""
+    download_spec(key)
+    return f"{DOWNLOADS}/{key}.zip"
+
+
+def provided_outputs(key):
+    """The raw-layout paths an archive provides; a trailing slash marks a folder."""
+    return [directory(raw(p[:-1])) if p.endswith("/") else raw(p)
+            for p in download_spec(key)["provides"]]
+
+
+def region_inputs(wildcards):
+    """bottom_up_tsv reads the released TSVs; boxes/detectron2 read the images (+ COCO boxes)."""
+    source = config["features"]["regions"]["source"]
+    if source == "bottom_up_tsv":
+        return {"karpathy": KARPATHY_JSON, "tsv_dir": bottom_up_dir()}
+    inputs = {"karpathy": KARPATHY_JSON, "images": image_dirs()}
+    if source == "boxes":
+        inputs["instances"] = INSTANCES
+    return inputs
+
+
+def raw_root(wildcards, input):
+    """data.root, found from the Karpathy JSON input (root/karpathy/dataset_coco.json)."""
+    return os.path.dirname(os.path.dirname(input.karpathy))

@@ -1,0 +1,26 @@
+# Textual concepts: a MIL concept extractor (Fang et al.) trained on the captions, keeping the
+# top k words per image, k = the number of visual features they are paired with (49 or 36).
+
+
+rule build_concept_store:
+    input:
+        captions=CAPTIONS_STORE,
+        features=GRID_STORE,
+    output:
+        store=f"{R}/features/concepts_{{kind}}.h5",
+    params:
+        concepts=config["features"]["concepts"],
+        k=lambda wc: config["features"]["concepts"]["k"][wc.kind],
+    log:
+        f"{R}/logs/build_concept_store/{{kind}}.log",
+    benchmark:
+        f"{R}/benchmarks/build_concept_store/{{kind}}.tsv"
+    threads: res("concepts", "threads")
+    resources:
+        mem_mb=res("concepts", "mem_mb"),
+        runtime=res("concepts", "runtime"),
+        gpu=res("concepts", "gpu"),
+    conda:
+        CORE_ENV
+    script:
+        "../workflow_scripts/build_concept_store.py"

@@ -1,0 +1,80 @@
+# Raw inputs: the real datasets (downloads with pinned SHA-256, then extraction into the raw
+# layout of docs/CONTRACTS.md), or the generated demo world in that same layout.
+
+if DEMO:
+
+    rule generate_demo_world:
+        output:
+            karpathy=KARPATHY_JSON,
+            captions=expand(raw("annotations/captions_{s}2014.json"), s=("train", "val")),
+            instances=INSTANCES,
+            questions=list(VQA_QUESTIONS.values()),
+            annotations=list(VQA_ANNOTATIONS.values()),
+            images=directory(raw("images")),
+        params:
+            root=lambda wildcards, output: os.path.dirname(os.path.dirname(output.karpathy)),
+            demo=config["data"]["demo"],
+        log:
+            f"{R}/logs/generate_demo_world.log",
+        benchmark:
+            f"{R}/benchmarks/generate_demo_world.tsv"
+        threads: res("demo_world", "threads")
+        resources:
+            mem_mb=res("demo_world", "mem_mb"),
+            runtime=res("demo_world", "runtime"),
+        conda:
+            CORE_ENV
+        script:
+            "../workflow_scripts/generate_demo_world.py"
+
+else:
+
+    # Cluster compute nodes often have no internet: downloads run where Snakemake runs.
+    localrules:
+        download_archive,
+
+    rule download_archive:
+        output:
+            protected(f"{DOWNLOADS}/{{dataset}}.zip"),
+        params:
+            url=lambda wc: download_spec(wc.dataset)["url"],
+            sha256=lambda wc: download_spec(wc.dataset)["sha256"],
+        log:
+            f"{R}/logs/download/{{dataset}}.log",
+        benchmark:
+            f"{R}/benchmarks/download/{{dataset}}.tsv"
+        threads: res("download", "threads")
+        resources:
+            mem_mb=res("download", "mem_mb"),
+            runtime=res("download", "runtime"),
+        conda:
+            CORE_ENV
+        script:
+            "../workflow_scripts/download_archive.py"
+
+    # One extraction rule per download: each archive provides its own files of the raw layout.
+    for _key, _spec in config["downloads"].items():
+
+        rule:
+            name:
+                f"extract_{_key}"
+            input:
+                archive_path(_key),
+            output:
+                provided_outputs(_key),
+            params:
+                extract_to=_spec["extract_to"],
+                provides=_spec["provides"],
+                members=_spec.get("members"),
+            log:
+                f"{R}/logs/extract/{_key}.log",
+            benchmark:
+                f"{R}/benchmarks/extract/{_key}.tsv"
+            threads: res("download", "threads")
+            resources:
+                mem_mb=res("download", "mem_mb"),
+                runtime=res("download", "runtime"),
+            conda:
+                CORE_ENV
+            script:
+                "../workflow_scripts/extract_archive.py"

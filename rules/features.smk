@@ -1,0 +1,48 @@
+# Visual features, computed once and shared by every run: CNN grid and object regions.
+
+
+rule extract_grid_features:
+    input:
+        karpathy=KARPATHY_JSON,
+        images=image_dirs(),
+    output:
+        store=GRID_STORE,
+    params:
+        grid=config["features"]["grid"],
+        root=raw_root,
+    log:
+        f"{R}/logs/extract_grid_features.log",
+    benchmark:
+        f"{R}/benchmarks/extract_grid_features.tsv"
+    threads: res("grid_features", "threads")
+    resources:
+        mem_mb=res("grid_features", "mem_mb"),
+        runtime=res("grid_features", "runtime"),
+        gpu=res("grid_features", "gpu"),
+    conda:
+        CORE_ENV
+    script:
+        "../workflow_scripts/extract_grid_features.py"
+
+
+rule extract_region_features:
+    input:
+        unpack(region_inputs),
+    output:
+        store=REGION_STORE,
+    params:
+        regions=config["features"]["regions"],
+        root=raw_root,
+    log:
+        f"{R}/logs/extract_region_features.log",
+    benchmark:
+        f"{R}/benchmarks/extract_region_features.tsv"
+    threads: res("region_features", "threads")
+    resources:
+        mem_mb=res("region_features", "mem_mb"),
+        runtime=res("region_features", "runtime"),
+        gpu=res("region_features", "gpu"),
+    conda:
+        "../envs/detectron2.yaml" if config["features"]["regions"]["source"] == "detectron2" else CORE_ENV
+    script:
+        "../workflow_scripts/extract_region_features.py"

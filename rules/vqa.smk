@@ -1,0 +1,49 @@
+# VQA runs {baseline}/{variant} of Table 3 (Up-Down, BAN): train on VQA v2 train, answer the
+# evaluation split. Checkpoints live outside the outputs, as for captioning (resume on retry).
+
+
+rule train_vqa:
+    input:
+        unpack(vqa_inputs),
+    output:
+        model=f"{R}/runs/vqa/{{baseline}}/{{variant}}/model.pt",
+        history=f"{R}/runs/vqa/{{baseline}}/{{variant}}/history.json",
+    params:
+        model=config["vqa"]["model"],
+        train=config["vqa"]["train"],
+        checkpoints=f"{R}/runs/vqa/{{baseline}}/{{variant}}/checkpoints",
+    log:
+        f"{R}/logs/train_vqa/{{baseline}}/{{variant}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_vqa/{{baseline}}/{{variant}}.tsv"
+    retries: config["vqa"]["retries"]
+    threads: res("train_vqa", "threads")
+    resources:
+        mem_mb=res("train_vqa", "mem_mb"),
+        runtime=res("train_vqa", "runtime"),
+        gpu=res("train_vqa", "gpu"),
+    conda:
+        CORE_ENV
+    script:
+        "../workflow_scripts/train_vqa.py"
+
+
+rule answer_vqa:
+    input:
+        unpack(vqa_inputs),
+        model=f"{R}/runs/vqa/{{baseline}}/{{variant}}/model.pt",
+    output:
+        answers=f"{R}/runs/vqa/{{baseline}}/{{variant}}/answers_{{split}}.json",
+    log:
+        f"{R}/logs/answer_vqa/{{baseline}}/{{variant}}/{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/answer_vqa/{{baseline}}/{{variant}}/{{split}}.tsv"
+    threads: res("decode", "threads")
+    resources:
+        mem_mb=res("decode", "mem_mb"),
+        runtime=res("decode", "runtime"),
+        gpu=res("decode", "gpu"),
+    conda:
+        CORE_ENV
+    script:
+        "../workflow_scripts/answer_vqa.py"

@@ -1,0 +1,42 @@
+"""Shared start of every workflow script: import this checkout's ``mia``, log to the rule's log.
+
+Snakemake runs each ``script:`` in a fresh Python with this folder on ``sys.path``; putting the
+repository root first makes the scripts use the same ``mia`` as the Snakefile beside them, also
+inside a ``--use-conda`` environment that does not install the package.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(smk: Any) -> logging.Logger:
+    """Set up ``sys.path`` and logging (to the rule's ``log`` file and stderr); return a logger."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if smk.log:
+        Path(smk.log[0]).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(smk.log[0], mode="a"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch_threads = getattr(smk, "threads", 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+    return logging.getLogger(f"workflow.{smk.rule}")
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """JSON to ``path`` via a temporary file and rename, so a crash leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return path
