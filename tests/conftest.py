@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from workflow_support import run_test_dag_locally
 
 TESTS_DIR = Path(__file__).resolve().parent
 DATA_DIR = TESTS_DIR / "data"
@@ -31,3 +32,9 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def workflow_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test DAG run once on 2 local cores (tests/workflow_support.py); its work directory."""
+    return run_test_dag_locally(tmp_path_factory.mktemp("workflow"))

@@ -9,56 +9,16 @@ run's metrics re-runs exactly that run's evaluation and the report, nothing else
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from workflow_support import job_counts, snakemake
 
-SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RUNS = ("visual_attention/base", "visual_attention/mia")
 
 pytestmark = [pytest.mark.slow, pytest.mark.java]
-
-
-def snakemake(repo_root: Path, workdir: Path, *args: str, timeout: int = 600
-              ) -> subprocess.CompletedProcess:
-    cmd = [SNAKEMAKE, "-s", str(repo_root / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(repo_root / "config.yaml"), str(repo_root / "config/test.yaml"),
-           *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The `Job stats` table of a Snakemake run or dry run: {rule: count}."""
-    block = output.split("Job stats:", 1)[1]
-    return {m.group(1): int(m.group(2))
-            for m in re.finditer(r"^(\w+)\s+(\d+)$", block, flags=re.M) if m.group(1) != "total"}
-
-
-NEEDED_MODULES = ("mia.data.demo", "mia.features.grid", "mia.features.concepts",
-                  "mia.evaluation.cider", "mia.evaluation.cli")
-
-
-@pytest.fixture(scope="module")
-def workflow_run(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    for module in NEEDED_MODULES:
-        pytest.importorskip(module, reason=f"{module} (needed by the test DAG) is not written yet")
-    workdir = tmp_path_factory.mktemp("workflow")
-    started = time.monotonic()
-    out = snakemake(repo_root, workdir, "--cores", "2")
-    wall = time.monotonic() - started
-    print(f"test DAG: {wall:.0f} s on 2 cores")
-    logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}"
-                     for p in sorted((workdir / "results/test/logs").rglob("*.log")))
-    assert out.returncode == 0, out.stderr[-6000:] + logs[-6000:]
-    return workdir
 
 
 def test_report_holds_the_run_numbers(workflow_run: Path) -> None:
@@ -92,14 +52,14 @@ def test_report_figures_and_costs(workflow_run: Path) -> None:
         assert f"{wall:.1f}" in costs, f"{run}: benchmark wall time {wall} not in the report"
 
 
-def test_snakemake_report(repo_root: Path, workflow_run: Path) -> None:
-    out = snakemake(repo_root, workflow_run, "--report", "report.html", timeout=300)
+def test_snakemake_report(workflow_run: Path) -> None:
+    out = snakemake(workflow_run, "--report", "report.html", timeout=300)
     assert out.returncode == 0, out.stderr[-4000:]
     packaged = (workflow_run / "report.html").read_text(errors="replace")
     assert "index.html" in packaged and "table1_val_cider.png" in packaged
 
 
-def test_rerun_touches_only_affected_jobs(repo_root: Path, workflow_run: Path) -> None:
+def test_rerun_touches_only_affected_jobs(workflow_run: Path) -> None:
     run_dir = workflow_run / "results/test/runs/captioning/visual_attention/mia"
     other = workflow_run / "results/test/runs/captioning/visual_attention/base"
     untouched = [run_dir / "xe/model.pt", run_dir / "captions_test.json",
@@ -111,15 +71,15 @@ def test_rerun_touches_only_affected_jobs(repo_root: Path, workflow_run: Path) -
     # Snakemake does not rebuild a missing intermediate file behind an up-to-date report by
     # itself; asking for it (and `all`) rebuilds it, and the report only because it is now older.
     targets = (str(run_dir.relative_to(workflow_run) / "metrics_test.json"), "all")
-    plan = snakemake(repo_root, workflow_run, "-n", *targets)
+    plan = snakemake(workflow_run, "-n", *targets)
     assert plan.returncode == 0, plan.stderr[-3000:]
     expected = {"evaluate_captions": 1, "render_report": 1, "all": 1}
     assert job_counts(plan.stdout + plan.stderr) == expected
 
-    out = snakemake(repo_root, workflow_run, "--cores", "2", *targets)
+    out = snakemake(workflow_run, "--cores", "2", *targets)
     assert out.returncode == 0, out.stderr[-4000:]
     assert job_counts(out.stdout + out.stderr) == expected
     assert json.loads((run_dir / "metrics_test.json").read_text()) == old_metrics
     assert {p: p.stat().st_mtime_ns for p in untouched} == before
-    nothing = snakemake(repo_root, workflow_run, "-n")
+    nothing = snakemake(workflow_run, "-n")
     assert "Nothing to be done" in nothing.stdout + nothing.stderr

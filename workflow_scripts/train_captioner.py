@@ -54,9 +54,13 @@ if ckpt_dir.exists() and (not stamp_path.exists() or json.loads(stamp_path.read_
     shutil.rmtree(ckpt_dir)
 ckpt_dir.mkdir(parents=True, exist_ok=True)
 stamp_path.write_text(json.dumps(stamp, indent=1, sort_keys=True))
+# Starts of this run in this folder (Snakemake's script object does not say which attempt it is).
+attempts_path = ckpt_dir / "attempts"
+attempt = int(attempts_path.read_text()) + 1 if attempts_path.exists() else 1
+attempts_path.write_text(str(attempt))
 
-log.info("training %s/%s for %d epochs (checkpoints in %s, attempt %s)", captioner.baseline,
-         captioner.variant, cfg.epochs, ckpt_dir, getattr(smk, "attempt", 1))
+log.info("training %s/%s for %d epochs (checkpoints in %s, attempt %d)", captioner.baseline,
+         captioner.variant, cfg.epochs, ckpt_dir, attempt)
 try:
     result = train_captioner(cfg, data, ckpt_dir)
 except Preempted as stop:
