@@ -177,6 +177,20 @@ def test_region_masks_and_lazy_reading_agree(stores):
         np.testing.assert_array_equal(a["feature_mask"].numpy(), expected)
 
 
+def test_grid_cell_padding_stays_visible(stores, tmp_path):
+    """A `boxes`-source store pads with real whole-image/grid-cell features: no row is masked."""
+    regions = load_store(stores["regions"])
+    padded = tmp_path / "regions_boxes.h5"
+    write_store(padded, kind="region_features", image_ids=regions["image_ids"],
+                datasets={k: regions[k] for k in ("features", "num_boxes", "boxes")},
+                attrs={"padding": "whole_image_and_grid"})
+    data = CaptionData.from_stores(stores["captions"], padded)
+    batch = next(data.train_batches(0, 50, 1))
+    assert batch["feature_mask"].all()
+    zero_padded = CaptionData.from_stores(stores["captions"], stores["regions"])
+    assert not next(zero_padded.train_batches(0, 50, 1))["feature_mask"].all()
+
+
 def test_dataset_wrappers_collate_like_batches(data):
     loader = DataLoader(CaptionDataset(data, "train"), batch_size=10, shuffle=False)
     first = next(iter(loader))

@@ -110,7 +110,10 @@ class FeatureTable:
         dataset = self._file["features"]
         self.shape = tuple(dataset.shape)  # (N, n, C)
         n = self.shape[1]
-        counts = (self._file["num_boxes"][()] if "num_boxes" in self._file
+        # Rows past ``num_boxes`` are masked out when they are zeros (TSV, detectron2); stores
+        # pooled on given boxes pad with real whole-image and grid-cell features, kept visible.
+        real_padding = self._file.attrs.get("padding") == "whole_image_and_grid"
+        counts = (self._file["num_boxes"][()] if "num_boxes" in self._file and not real_padding
                   else np.full(len(self.image_ids), n))
         self._mask = torch.from_numpy(np.arange(n)[None, :] < counts[:, None])  # (N, n) bool
         if in_memory:
