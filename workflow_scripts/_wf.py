@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,3 +41,14 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
     os.replace(tmp, path)
     return path
+
+
+def finish_training(checkpoints: Path, best: Path, history_out: str, model_out: str) -> None:
+    """Publish a finished training run: ``history.json`` and the selected model, each copied
+    atomically to the rule's outputs, only now that training is complete (a half-trained run is
+    never a finished output)."""
+    for src, dst in ((Path(checkpoints) / "history.json", Path(history_out)),
+                     (Path(best), Path(model_out))):
+        tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from _wf import start
+from _wf import finish_training, start
 
 smk = globals()["snakemake"]
 log = start(smk)
@@ -31,12 +31,6 @@ def fingerprint(cfg: TrainConfig, inputs: list[str]) -> dict:
     """What a resumable checkpoint must match: the full config and the input stores' stamps."""
     stamps = {p: [os.stat(p).st_size, int(os.stat(p).st_mtime)] for p in inputs}
     return {"train": json.loads(json.dumps(dataclasses.asdict(cfg))), "inputs": stamps}
-
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 torch.set_num_threads(smk.threads)
@@ -67,5 +61,4 @@ except Preempted as stop:
     log.warning("preempted: %s; exiting %d so the retry resumes", stop, stop.exit_code)
     sys.exit(stop.exit_code)
 log.info("best val CIDEr-D %.4f at epoch %d", result.best_val_cider, result.best_epoch)
-copy_atomic(ckpt_dir / "history.json", Path(smk.output.history))
-copy_atomic(result.best_path, Path(smk.output.model))
+finish_training(ckpt_dir, result.best_path, smk.output.history, smk.output.model)

@@ -4,12 +4,10 @@ Same contract as train_captioner.py: checkpoints outside the outputs, resume on 
 when preempted, outputs copied atomically at the end.
 """
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
-from _wf import start
+from _wf import finish_training, start
 
 smk = globals()["snakemake"]
 log = start(smk)
@@ -33,8 +31,4 @@ try:
 except Preempted as stop:
     log.warning("preempted: %s; exiting %d so the retry resumes", stop, stop.exit_code)
     sys.exit(stop.exit_code)
-for src, dst in ((ckpt_dir / "history.json", smk.output.history),
-                 (result.best_path, smk.output.model)):
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+finish_training(ckpt_dir, result.best_path, smk.output.history, smk.output.model)

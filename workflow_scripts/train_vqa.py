@@ -1,11 +1,9 @@
 """Rule train_vqa: one ``vqa/{baseline}/{variant}`` run (Table 3); resumable like captioning."""
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
-from _wf import start
+from _wf import finish_training, start
 
 smk = globals()["snakemake"]
 log = start(smk)
@@ -31,8 +29,4 @@ try:
 except Preempted as stop:
     log.warning("preempted: %s; exiting %d so the retry resumes", stop, stop.exit_code)
     sys.exit(stop.exit_code)
-for src, dst in ((ckpt_dir / "history.json", smk.output.history),
-                 (result.best_path, smk.output.model)):
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+finish_training(ckpt_dir, result.best_path, smk.output.history, smk.output.model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,23 @@ def load_json(path: str | os.PathLike) -> Any:
     except json.JSONDecodeError as err:
         raise DataFormatError(path, f"line {err.lineno}", "<json>",
                               f"not valid JSON ({err.msg}); re-download the file") from err
+
+
+def load_records(records: str | os.PathLike | Sequence[Any], expected: str
+                 ) -> tuple[list, str]:
+    """A JSON array from a file, or an in-memory list, with the name errors should cite.
+
+    Results files (captions, VQA answers) come both ways: from disk in the command line and the
+    workflow, as Python lists from a training loop's validation. ``expected`` describes one item
+    for the error message, e.g. ``{"image_id": int, "caption": str}``.
+    """
+    if isinstance(records, str | os.PathLike):
+        data, source = load_json(records), str(records)
+    else:
+        data, source = list(records), "<results list>"
+    if not isinstance(data, list):
+        raise DataFormatError(source, "<top>", "<json>", f"expected a list of {expected}")
+    return data, source
 
 
 def require(obj: Any, key: str, types: type | tuple[type, ...], path: str | os.PathLike,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mia.data.errors import DataFormatError, load_json, require, require_list
+from mia.data.errors import DataFormatError, load_json, load_records, require, require_list
 
 CAPTION_METRICS: tuple[str, ...] = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L",
                                     "CIDEr", "SPICE")
@@ -126,13 +126,7 @@ def load_references(annotations: str | os.PathLike | Mapping[str, Any]
 def load_results(results: str | os.PathLike | Sequence[Mapping[str, Any]]
                  ) -> tuple[dict[int, str], str]:
     """``{image_id: caption}`` of a results list; a duplicated image id is an error."""
-    if isinstance(results, str | os.PathLike):
-        data, source = load_json(results), str(results)
-    else:
-        data, source = list(results), "<results list>"
-    if not isinstance(data, list):
-        raise DataFormatError(source, "<top>", "<json>",
-                              'expected a list of {"image_id": int, "caption": str}')
+    data, source = load_records(results, '{"image_id": int, "caption": str}')
     out: dict[int, str] = {}
     for i, item in enumerate(data):
         rec = f"[{i}]"

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mia.data.errors import DataFormatError, load_json, require, require_list
+from mia.data.errors import DataFormatError, load_json, load_records, require, require_list
 
 _PUNCT: tuple[str, ...] = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
                            ">", "<", "@", "`", ",", "?", "!")
@@ -194,13 +194,7 @@ def load_question_ids(path: str | os.PathLike | Mapping[str, Any]) -> list[int]:
 def load_results(results: str | os.PathLike | Sequence[Mapping[str, Any]]
                  ) -> tuple[dict[int, str], str]:
     """``{question_id: answer}`` of a results list ``[{"question_id", "answer"}]``."""
-    if isinstance(results, str | os.PathLike):
-        data, source = load_json(results), str(results)
-    else:
-        data, source = list(results), "<results list>"
-    if not isinstance(data, list):
-        raise DataFormatError(source, "<top>", "<json>",
-                              'expected a list of {"question_id": int, "answer": str}')
+    data, source = load_records(results, '{"question_id": int, "answer": str}')
     out: dict[int, str] = {}
     for i, item in enumerate(data):
         qid = require(item, "question_id", int, source, f"[{i}]")
