@@ -3,6 +3,11 @@
 import os
 import sys
 
+
+envvars:
+    "PATH",
+
+
 # Shell rules call `python -m mia ...`. Under --use-conda the job's environment puts its own
 # python first; otherwise the python running Snakemake (the project's venv) must be the one found,
 # even when the venv was not activated. Jobs, also on Slurm, inherit this PATH.
