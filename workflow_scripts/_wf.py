@@ -7,10 +7,8 @@ inside a ``--use-conda`` environment that does not install the package.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,22 +31,11 @@ def start(smk: Any) -> logging.Logger:
     return logging.getLogger(f"workflow.{smk.rule}")
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """JSON to ``path`` via a temporary file and rename, so a crash leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-    return path
-
-
 def finish_training(checkpoints: Path, best: Path, history_out: str, model_out: str) -> None:
     """Publish a finished training run: ``history.json`` and the selected model, each copied
     atomically to the rule's outputs, only now that training is complete (a half-trained run is
     never a finished output)."""
-    for src, dst in ((Path(checkpoints) / "history.json", Path(history_out)),
-                     (Path(best), Path(model_out))):
-        tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+    from mia.io import copy_file
+
+    copy_file(Path(checkpoints) / "history.json", history_out)
+    copy_file(best, model_out)

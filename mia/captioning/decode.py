@@ -7,7 +7,6 @@ is already lower-cased and tokenised, so there is nothing else to undo).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from mia.captioning.beam import EOS, PAD, decode
 from mia.captioning.checkpoint import load_checkpoint
 from mia.captioning.config import CaptionerConfig
 from mia.captioning.models import build_captioner
+from mia.io import write_json
 
 
 def vocab_words(vocab: Any) -> list[str]:
@@ -96,9 +96,4 @@ def decode_split(checkpoint: str | os.PathLike, data: Any, split: str, beam_size
 
 def write_results(results: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write the COCO results JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(results))
-    os.replace(tmp, path)
-    return path
+    return write_json(path, results, indent=None)

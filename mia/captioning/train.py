@@ -22,7 +22,6 @@ batches already done, the RNG states are restored, and the learning rate is a pu
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -46,6 +45,7 @@ from mia.captioning.config import TrainConfig
 from mia.captioning.decode import caption_split, move_batch, resolve_device, vocab_words
 from mia.captioning.models import build_captioner
 from mia.evaluation.cider import CiderD
+from mia.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,6 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: f
                            ignore_index=PAD, label_smoothing=label_smoothing)
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -194,7 +188,7 @@ def train_captioner(cfg: TrainConfig, data: Any, out_dir: str | os.PathLike) -> 
             progress.epoch += 1
             progress.step_in_epoch, progress.epoch_loss_sum, progress.epoch_wall_s = 0, 0.0, 0.0
             save_last()
-            _write_json(progress.history, out_dir / "history.json")
+            write_json(out_dir / "history.json", progress.history)
             if stop.signum is not None:
                 raise Preempted(f"signal {stop.signum} after epoch {progress.epoch - 1}; "
                                 f"{last_path} saved")

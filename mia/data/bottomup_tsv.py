@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mia.data.errors import DataFormatError
+from mia.io import atomic_open
 
 FIELDNAMES = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 FEATURE_DIM = 2048
@@ -109,16 +110,8 @@ def write_bottomup_tsv(path: str | os.PathLike, records: Iterable[RegionRecord])
 
     Rows end in ``\r\n``, the csv module's default that the original ``generate_tsv.py`` used.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", newline="") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\r\n")
-            for record in records:
-                writer.writerow(format_row(record))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\r\n")
+        for record in records:
+            writer.writerow(format_row(record))
+    return Path(path)

@@ -36,6 +36,7 @@ from mia.data.demo_scene import (  # noqa: F401 (re-exported: the world's vocabu
     sample_scene,
 )
 from mia.data.karpathy import tokenize_caption
+from mia.io import write_bytes
 
 _SPLITS = ("train", "restval", "val", "test")
 
@@ -97,20 +98,9 @@ class DemoManifest:
 # --------------------------------------------------------------------------- files
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write beside ``path`` then rename: a killed run never leaves a truncated file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, obj: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomic(path, json.dumps(obj, separators=(",", ":")).encode())
+    write_bytes(path, json.dumps(obj, separators=(",", ":")).encode())
 
 
 def _assign_splits(rng: random.Random, cfg: DemoConfig) -> list[str]:
@@ -165,7 +155,7 @@ def generate_demo_world(root: str | os.PathLike, cfg: DemoConfig | None = None) 
         # 4:4:4 chroma: colour is what the world is about, so keep it unblurred.
         render_scene(scene, cfg.image_size).save(buf, "JPEG", quality=cfg.jpeg_quality,
                                                  subsampling=0)
-        _write_bytes_atomic(root / "images" / subset / scene.file_name, buf.getvalue())
+        write_bytes(root / "images" / subset / scene.file_name, buf.getvalue())
 
         out = coco[subset]
         out["images"].append({"license": 1, "file_name": scene.file_name, "coco_url": "",

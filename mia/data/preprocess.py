@@ -7,7 +7,6 @@ soft targets. The loaders then only gather rows.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -22,6 +21,7 @@ from mia.data.karpathy import SPLIT_CODES, KarpathyImage, read_karpathy
 from mia.data.vocab import BOS, EOS, QUESTION_SPECIALS, build_vocabulary
 from mia.data.vqa_v2 import ANSWERS_PER_QUESTION, VQAExample, read_vqa
 from mia.evaluation.vqa import normalize_answer
+from mia.io import write_json
 
 
 @dataclass(frozen=True)
@@ -76,17 +76,6 @@ def coco_references(images: Sequence[KarpathyImage]) -> dict:
     }
 
 
-def _write_json_atomic(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def build_caption_store(karpathy_json: str | os.PathLike, out_h5: str | os.PathLike,
                         references_dir: str | os.PathLike,
                         cfg: CaptionPreprocessConfig = CaptionPreprocessConfig()) -> Path:
@@ -115,7 +104,8 @@ def build_caption_store(karpathy_json: str | os.PathLike, out_h5: str | os.PathL
     )
     for name in SPLIT_CODES:
         subset = [img for img in images if img.store_split == name]
-        _write_json_atomic(coco_references(subset), Path(references_dir) / f"references_{name}.json")
+        write_json(Path(references_dir) / f"references_{name}.json", coco_references(subset),
+                   indent=None)
     return Path(out_h5)
 
 

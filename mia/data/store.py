@@ -27,6 +27,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from mia.io import atomic_path
+
 SCHEMA_VERSION = 1
 
 
@@ -60,22 +62,14 @@ def atomic_h5(path: str | os.PathLike, *, kind: str, config: Mapping[str, Any] |
     The caller writes datasets into the yielded file (stream large ones chunk by chunk); ``kind``,
     ``schema_version``, ``config`` and ``attrs`` are written as file attributes.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["kind"] = kind
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["created_by"] = "mia-repro"
-            f.attrs["config"] = json.dumps(dict(config or {}), sort_keys=True, default=str)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = _encode_attr(value)
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["kind"] = kind
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["created_by"] = "mia-repro"
+        f.attrs["config"] = json.dumps(dict(config or {}), sort_keys=True, default=str)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = _encode_attr(value)
+        yield f
 
 
 def write_store(path: str | os.PathLike, *, kind: str, image_ids: np.ndarray,

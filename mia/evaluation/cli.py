@@ -9,24 +9,19 @@ in percent. ``mia evaluate vqa-server`` writes the result file the VQA test serv
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from mia.evaluation.captions import CAPTION_METRICS, CaptionEvalConfig, evaluate_captions
 from mia.evaluation.vqa import evaluate_vqa, write_test_server_results
+from mia.io import write_json
 
 log = logging.getLogger(__name__)
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, obj, indent=2)
 
 
 def _captions(args: argparse.Namespace) -> int:

@@ -36,7 +36,6 @@ match after lowercasing), words joined by single spaces.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from mia.data.errors import DataFormatError, load_json, load_records, require, require_list
+from mia.io import write_json
 
 _PUNCT: tuple[str, ...] = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
                            ">", "<", "@", "`", ",", "?", "!")
@@ -279,10 +279,5 @@ def write_test_server_results(answers: Mapping[int, str] | Sequence[Mapping[str,
     qsource = "<questions dict>" if isinstance(questions, Mapping) else str(questions)
     question_ids = load_question_ids(questions)
     _check_cover(question_ids, qsource, by_id, source)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w") as f:
-        json.dump([{"question_id": qid, "answer": by_id[qid]} for qid in question_ids], f)
-    os.replace(tmp, out)
-    return out
+    return write_json(out, [{"question_id": qid, "answer": by_id[qid]} for qid in question_ids],
+                      indent=None)

@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from mia.io import write_text
 from mia.report.benchmarks import Benchmark, read_benchmark
 from mia.report.environment import software_versions
 from mia.report.figures import plot_overlay, plot_training_curves
@@ -138,8 +139,4 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str],
         paper_notes=paper.notes, deviations=DEVIATIONS, versions=software_versions(),
         config_yaml=yaml.safe_dump(json.loads(json.dumps(dict(config))), sort_keys=False),
         label=paper.label)
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_html.with_name(f"{out_html.name}.tmp-{os.getpid()}")
-    tmp.write_text(html)
-    os.replace(tmp, out_html)
-    return out_html
+    return write_text(out_html, html)
