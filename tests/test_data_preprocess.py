@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from coco_mini_fixtures import count_tokens, write_karpathy, write_vqa
 
+from mia.data.answers import training_answer
 from mia.data.preprocess import (
     CaptionPreprocessConfig,
     VQAPreprocessConfig,
     build_caption_store,
     build_vqa_store,
-    normalize_answer,
     soft_score,
     tokenize_question,
 )
@@ -109,8 +109,9 @@ def test_references_load_in_pycocotools(caption_store):
     ("1,000", "1000"), ("dont", "don't"), ("3.5", "3.5"), ("red, white", "red white"),
     ("  Ten  apples\n", "10 apples"), ("couldnt've", "couldn't've"), ("an orange", "orange"),
 ])
-def test_normalize_answer_official_rules(raw, normalised):
-    assert normalize_answer(raw) == normalised
+def test_training_answer_rules(raw, normalised):
+    # compute_softscore's preprocess_answer: both steps, every answer
+    assert training_answer(raw) == normalised
 
 
 def test_soft_score_table():
@@ -134,7 +135,7 @@ def vqa_store(tmp_path_factory):
 
 def test_vqa_answer_vocab_recipe(vqa_store):
     _, annotations, store = vqa_store
-    counts = Counter(normalize_answer(a["multiple_choice_answer"]) for split in ("train", "val")
+    counts = Counter(training_answer(a["multiple_choice_answer"]) for split in ("train", "val")
                      for a in json.loads(annotations[split].read_text())["annotations"])
     expected = sorted((a for a, c in counts.items() if c >= 2), key=lambda a: (-counts[a], a))
     assert store["attrs"]["answer_vocab"] == expected
@@ -149,7 +150,7 @@ def test_vqa_soft_targets_match_human_counts(vqa_store):
     for split in ("train", "val"):
         for ann in json.loads(annotations[split].read_text())["annotations"]:
             row = row_of[ann["question_id"]]
-            humans = Counter(normalize_answer(a["answer"]) for a in ann["answers"])
+            humans = Counter(training_answer(a["answer"]) for a in ann["answers"])
             # reference: min(1, 0.3 * count) below 4 humans, 1 from 4 on (bottom-up-attention-vqa)
             expected = {answer_vocab.index(a): (1.0 if c >= 4 else 0.3 * c)
                         for a, c in humans.items() if a in answer_vocab}

@@ -286,7 +286,7 @@ def test_captions_true_of_the_pixels(world):
 
 
 def test_vqa_answers_true_of_the_pixels_with_human_noise(world):
-    from mia.data.preprocess import normalize_answer
+    from mia.data.answers import training_answer
 
     root, _, _ = world
     checked = Counter()
@@ -301,7 +301,7 @@ def test_vqa_answers_true_of_the_pixels_with_human_noise(world):
             text = q["question"].lower().rstrip("?")
             mc = a["multiple_choice_answer"]
             raw = [x["answer"] for x in a["answers"]]
-            norm = [normalize_answer(x) for x in raw]
+            norm = [training_answer(x) for x in raw]
             # The majority (normalised) answer is the multiple-choice answer; <= 3 dissent.
             assert Counter(norm).most_common(1)[0] == (mc, Counter(norm)[mc]), (q, raw)
             wrong = sum(n != mc for n in norm)

@@ -1,5 +1,6 @@
-"""Official VQA accuracy: every normalisation rule and scoring quirk, each expected value worked
-out by hand from the rules of vqaEval.py (written out in mia/evaluation/vqa.py)."""
+"""Official VQA accuracy: every normalisation step and scoring branch of the CURRENT vqaEval.py
+(GT-Vision-Lab/VQA a013f00, "Fixed processing answers bug"), each expected value worked out by
+hand from that code (the rule is written out in mia/evaluation/vqa.py's docstring)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import json
 import pytest
 
 from mia.cli import main
+from mia.data.answers import process_digit_article, process_punctuation, training_answer
+from mia.data.errors import DataFormatError
 from mia.evaluation.vqa import (
     VQAEvalError,
     evaluate_vqa,
-    normalize_answer,
-    process_digit_article,
-    process_punctuation,
     question_accuracy,
+    round_like_reference,
     write_test_server_results,
 )
 
@@ -86,11 +87,12 @@ def test_process_digit_article(text, expected):
     assert process_digit_article(text) == expected
 
 
-def test_normalize_answer_chain():
-    # "\n" -> " ", strip; "!" -> " "; lower, "the" dropped, "two" -> "2"
-    assert normalize_answer("The two dogs!\n") == "2 dogs"
-    # "." deleted (not before a digit), "a" dropped, "dont" -> "don't"
-    assert normalize_answer("A dont.") == "don't"
+def test_training_answer_always_normalises():
+    # The training side (compute_softscore) applies both steps to every answer, always.
+    assert training_answer("The two dogs!\n") == "2 dogs"
+    assert training_answer("A dont.") == "don't"
+    assert training_answer("Yes") == "yes"
+    assert training_answer("1,000") == "1000"
 
 
 # ------------------------------------------------------------------------------ question accuracy
@@ -111,23 +113,79 @@ def test_per_answer_outcomes(matches, expected):
     assert question_accuracy("cat", humans) == pytest.approx(expected, abs=1e-12)
 
 
-def test_result_always_normalised_humans_only_punctuation_and_only_if_not_unanimous():
-    # The result is always normalised: "two" -> "2", "Yes" -> "yes", "yes\n" -> "yes"
-    assert question_accuracy("two", ["2"] * 10) == 1.0
-    assert question_accuracy("Yes", ["yes"] * 10) == 1.0
-    assert question_accuracy("yes\n", ["yes"] * 10) == 1.0
-    # Ten identical humans (len(set) == 1) are compared as stored: "two" and "red." can never
-    # equal a normalised result ("2", "red") -> 0
-    assert question_accuracy("two", ["two"] * 10) == 0.0
-    assert question_accuracy("red.", ["red."] * 10) == 0.0
-    # One dissenter: humans get processPunctuation, "red." -> "red", nine match -> 1
-    assert question_accuracy("red.", ["red."] * 9 + ["blue"]) == 1.0
-    # ... but only punctuation: human "two" stays "two", result "two" is "2" -> 0
-    assert question_accuracy("two", ["two"] * 9 + ["3"]) == 0.0
-    # "t-shirt": result and the 3 humans all become "t shirt" -> 3 match -> 0.9
-    assert question_accuracy("t-shirt", ["t-shirt"] * 3 + ["shirt"] * 7) == pytest.approx(0.9)
-    # human "red!" -> "red " (the "!" becomes a space, humans are not stripped) != "red" -> 0
-    assert question_accuracy("red", ["red!"] * 3 + ["blue"] * 7) == 0.0
+# (human answers, model answer, accuracy, why): worked by hand from the current vqaEval.py.
+WORKED = [
+    # -- unanimous humans (len(set) == 1): NOTHING is normalised beyond whitespace
+    (["yes"] * 10, "yes", 1.0, "unanimous, identical"),
+    (["yes"] * 10, "Yes", 0.0, "unanimous: no lowercasing of the model answer"),
+    (["yes."] * 10, "yes.", 1.0, "unanimous 'yes.': compared as stored"),
+    (["yes."] * 10, "Yes.", 0.0, "unanimous 'yes.': case matters"),
+    (["yes."] * 10, "yes", 0.0, "unanimous 'yes.': the period is not stripped"),
+    (["two"] * 10, "two", 1.0, "unanimous number word: matches as stored"),
+    (["two"] * 10, "2", 0.0, "unanimous number word: no digit mapping"),
+    (["the cat"] * 10, "cat", 0.0, "unanimous: articles stay"),
+    (["dont"] * 10, "don't", 0.0, "unanimous: no contraction fix"),
+    (["t-shirt"] * 10, "t shirt", 0.0, "unanimous: no punctuation step"),
+    # -- whitespace is cleaned on both sides, always, BEFORE the unanimity test
+    (["yes"] * 10, " yes\n", 1.0, "model answer: newline to space, stripped"),
+    (["yes\t"] * 10, "yes", 1.0, "human answers: tab to space, stripped"),
+    (["yes"] * 5 + [" yes"] * 5, "Yes", 0.0, "unanimous once stripped: still no lowercasing"),
+    # -- humans disagree: both sides get processPunctuation then processDigitArticle
+    (["yes"] * 3 + ["no"] * 7, "YES", 0.9, "case: 'YES' -> 'yes', 3 humans match"),
+    (["two"] * 9 + ["3"], "2", 1.0, "number words: humans 'two' -> '2', 9 match"),
+    (["2"] * 9 + ["3"], "two", 1.0, "number words: model 'two' -> '2'"),
+    (["none"] * 4 + ["1"] * 6, "0", 1.0, "'none' -> '0'"),
+    (["the cat"] * 2 + ["dog"] * 8, "a cat", 0.6, "articles: 'the cat', 'a cat' -> 'cat', 2 match"),
+    (["dont"] * 4 + ["no"] * 6, "don't", 1.0, "contractions: 'dont' -> 'don't', 4 match"),
+    (["Im"] * 4 + ["no"] * 6, "I'm", 0.0, "the table's 'Im' key never matches after lowercase"),
+    (["t-shirt"] * 3 + ["shirt"] * 7, "t shirt", 0.9, "'-' becomes a space on both sides"),
+    (["red!"] * 3 + ["blue"] * 7, "red", 0.9, "'red!' -> 'red ' -> split/join -> 'red'"),
+    (["1,000"] * 4 + ["1000"] * 6, "1000", 1.0, "digit-comma-digit: the comma goes, 10 match"),
+    (["a.m."] * 5 + ["am"] * 5, "A.M.", 1.0, "periods not before a digit go: all 'am'"),
+    (["2.5"] * 3 + ["2"] * 7, "2.5", 0.9, "a period before a digit stays"),
+    (["red"] * 2 + ["dark red"] * 8, "Red.", 0.6, "'Red.' -> 'red', 2 match"),
+    (["red"] + ["blue"] * 9, "the red", 0.3, "'the red' -> 'red', 1 match"),
+    (["cat"] * 4 + ["dog"] * 6, " Cat\t", 1.0, "whitespace, then case"),
+]
+
+
+@pytest.mark.parametrize("humans, answer, expected, why", WORKED, ids=[w[3] for w in WORKED])
+def test_worked_cases(humans, answer, expected, why):
+    assert question_accuracy(answer, humans) == pytest.approx(expected, abs=1e-12), why
+
+
+def _records(*groups):
+    """Answer records WITHOUT answer_id: (answer, confidence, count) groups."""
+    return [{"answer": a, "answer_confidence": c} for a, c, n in groups for _ in range(n)]
+
+
+@pytest.mark.parametrize("records, expected, why", [
+    # VQA v2 records carry a unique answer_id, so "the others" are the other nine:
+    ([{"answer": "yes", "answer_confidence": "yes", "answer_id": i} for i in range(4)]
+     + [{"answer": "no", "answer_confidence": "yes", "answer_id": 4 + i} for i in range(6)],
+     1.0, "distinct records: 4 matches"),
+    # Records equal in every field drop out together (item != gtAnsDatum): a "yes" human sees
+    # none of the four "yes" records -> 0; a "no" human sees all 4 -> min(1, 4/3) = 1.
+    # (4 * 0 + 6 * 1) / 10 = 0.6
+    (_records(("yes", "yes", 4), ("no", "yes", 6)), 0.6, "identical records drop together"),
+    # yes/yes humans see the 2 yes/maybe -> 2/3; yes/maybe see the 2 yes/yes -> 2/3; the "no"
+    # humans see all 4 -> 1: (4 * 2/3 + 6) / 10 = 0.8666..
+    (_records(("yes", "yes", 2), ("yes", "maybe", 2), ("no", "yes", 6)), (8 / 3 + 6) / 10,
+     "records differing in confidence are 'other'"),
+])
+def test_answer_records_compared_as_whole_dicts(records, expected, why):
+    assert question_accuracy("yes", records) == pytest.approx(expected, abs=1e-12), why
+
+
+def test_rounding_is_python2s_half_away_from_zero():
+    # 269 of 800 questions right: 100 * 269 / 800 = 33.625 exactly in binary, a true tie.
+    # Python 2's round (the reference's interpreter) gives 33.63; Python 3's would give 33.62.
+    assert round(33.625, 2) == 33.62  # what a Python 3 port of vqaEval.py would print
+    assert round_like_reference(33.625, 2) == 33.63
+    assert round_like_reference(2 / 3 * 100, 2) == 66.67
+    assert round_like_reference(12.344999, 2) == 12.34
+    cases = [(q, "t", "yes/no", ["yes"] * 10, "yes" if q < 269 else "no") for q in range(800)]
+    assert evaluate_vqa(*_dataset(cases))["overall"] == 33.63
 
 
 def _dataset(cases):
@@ -147,7 +205,7 @@ def _dataset(cases):
 CASES = [
     # qid, question type, answer type, 10 human answers, result answer -> accuracy (by hand)
     (1, "how many", "number", ["2"] * 10, "2"),                     # 1.0
-    (2, "how many", "number", ["two"] * 10, "two"),                 # 0.0 (unanimous, not "2")
+    (2, "how many", "number", ["two"] * 10, "two"),                 # 1.0 (unanimous, as stored)
     (3, "how many", "number", ["2"] * 9 + ["3"], "two"),            # 1.0 ("two" -> "2", 9 match)
     (4, "is the", "yes/no", ["yes"] * 3 + ["no"] * 7, "Yes"),       # 0.9 ("yes": 3 match)
     (5, "what color is the", "other", ["red"] * 2 + ["dark red"] * 8, "Red."),  # 0.6 (2 match)
@@ -157,12 +215,12 @@ CASES = [
 
 def test_overall_per_type_and_per_question():
     acc = evaluate_vqa(*_dataset(CASES))
-    assert acc["perQuestion"] == {1: 100.0, 2: 0.0, 3: 100.0, 4: 90.0, 5: 60.0, 6: 30.0}
-    # (1 + 0 + 1 + 0.9 + 0.6 + 0.3) / 6 = 0.63333 -> 63.33
-    assert acc["overall"] == 63.33
-    # number (1 + 0 + 1) / 3 -> 66.67 (rounded up); yes/no 90; other (0.6 + 0.3) / 2 -> 45
-    assert acc["perAnswerType"] == {"number": 66.67, "yes/no": 90.0, "other": 45.0}
-    assert acc["perQuestionType"] == {"how many": 66.67, "is the": 90.0,
+    assert acc["perQuestion"] == {1: 100.0, 2: 100.0, 3: 100.0, 4: 90.0, 5: 60.0, 6: 30.0}
+    # (1 + 1 + 1 + 0.9 + 0.6 + 0.3) / 6 = 0.8 -> 80.0
+    assert acc["overall"] == 80.0
+    # number (1 + 1 + 1) / 3 -> 100; yes/no 90; other (0.6 + 0.3) / 2 -> 45
+    assert acc["perAnswerType"] == {"number": 100.0, "yes/no": 90.0, "other": 45.0}
+    assert acc["perQuestionType"] == {"how many": 100.0, "is the": 90.0,
                                       "what color is the": 45.0}
 
 
@@ -208,7 +266,7 @@ def test_cli(tmp_path):
                  "--out", str(out)]) == 0
     acc = json.loads(out.read_text())
     assert set(acc) == {"overall", "perAnswerType", "perQuestionType", "perQuestion"}
-    assert acc["overall"] == 63.33 and acc["perAnswerType"]["number"] == 66.67
+    assert acc["overall"] == 80.0 and acc["perAnswerType"]["number"] == 100.0
     assert acc["perQuestion"]["4"] == 90.0
 
 
@@ -240,3 +298,12 @@ def test_test_server_result_file(tmp_path):
                  "--out", str(tmp_path / "server.json")]) == 0
     assert [r["question_id"] for r in json.loads((tmp_path / "server.json").read_text())] == [
         30, 10, 20]
+
+
+def test_annotation_for_another_image_is_an_error():
+    # A shifted annotations file used to score silently (the reference never compares).
+    questions, annotations, results = _dataset(CASES)
+    annotations["annotations"][2]["image_id"] = 7
+    with pytest.raises(DataFormatError, match=r"question 3.*'image_id'.*7 differs from "
+                                              r"image_id 1"):
+        evaluate_vqa(questions, annotations, results)

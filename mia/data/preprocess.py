@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from mia.data import store
+from mia.data.answers import training_answer
 from mia.data.karpathy import SPLIT_CODES, KarpathyImage, read_karpathy
 from mia.data.vocab import BOS, EOS, QUESTION_SPECIALS, build_vocabulary
 from mia.data.vqa_v2 import ANSWERS_PER_QUESTION, VQAExample, read_vqa
-from mia.evaluation.vqa import normalize_answer
 from mia.io import write_json
 
 
@@ -111,8 +111,10 @@ def build_caption_store(karpathy_json: str | os.PathLike, out_h5: str | os.PathL
 
 # --------------------------------------------------------------------------- VQA
 
-# Answers are normalised exactly as the official evaluation compares them (one copy, in
-# mia.evaluation.vqa), so a store's answer vocabulary matches what the metric counts.
+# Answers are normalised as the training side of bottom-up-attention-vqa does
+# (tools/compute_softscore.py; mia.data.answers.training_answer): every answer, always. The
+# official metric applies the same steps only to questions whose humans disagree
+# (mia.evaluation.vqa); the two uses are kept apart on purpose.
 
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)*")
@@ -144,8 +146,14 @@ def soft_score(count: int) -> float:
 
 def answer_targets(answers: Sequence[str], answer_index: Mapping[str, int]
                    ) -> tuple[list[int], list[float]]:
-    """Labels (ascending) and soft scores of the candidate answers among 10 raw human answers."""
-    counts = Counter(normalize_answer(a) for a in answers)
+    """Labels (ascending) and soft scores of the candidate answers among 10 raw human answers.
+
+    Each human answer is counted under :func:`~mia.data.answers.training_answer`, as the
+    reference's ``compute_target`` docstring requires ("answers_dset should be preprocessed");
+    its ``__main__`` passes the raw annotations instead, which differs only for human answers
+    that are not already normalised (few in VQA v2: "Yes", "two", "red.").
+    """
+    counts = Counter(training_answer(a) for a in answers)
     labelled = sorted((answer_index[a], soft_score(c)) for a, c in counts.items()
                       if a in answer_index)
     return [lab for lab, _ in labelled], [s for _, s in labelled]
@@ -178,7 +186,7 @@ def build_vqa_store(questions_paths_by_split: Mapping[str, str | os.PathLike],
     if len(np.unique(question_ids)) != len(question_ids):
         raise ValueError("a question_id occurs in two splits; pass each split's files once")
 
-    answer_counts = Counter(normalize_answer(ex.annotation.multiple_choice_answer)
+    answer_counts = Counter(training_answer(ex.annotation.multiple_choice_answer)
                             for n in cfg.answer_splits for ex in splits.get(n, [])
                             if ex.annotation is not None)
     answers = sorted((a for a, c in answer_counts.items() if c >= cfg.min_answer_count),

@@ -9,7 +9,7 @@
 
 from mia.evaluation.captions import CAPTION_METRICS, CaptionEvalConfig, evaluate_captions
 from mia.evaluation.cider import CiderD, CiderDConfig, DocumentFrequency
-from mia.evaluation.vqa import evaluate_vqa, normalize_answer, write_test_server_results
+from mia.evaluation.vqa import evaluate_vqa, question_accuracy, write_test_server_results
 
 __all__ = [
     "CAPTION_METRICS",
@@ -19,6 +19,6 @@ __all__ = [
     "DocumentFrequency",
     "evaluate_captions",
     "evaluate_vqa",
-    "normalize_answer",
+    "question_accuracy",
     "write_test_server_results",
 ]
