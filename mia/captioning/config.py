@@ -53,6 +53,9 @@ class CaptionerConfig:
     mia_dropout: float = 0.1
     mia_order: Literal["visual_first", "concepts_first"] = "visual_first"
     mia_textual_layer_shortcut: bool = True
+    # Settings only one baseline reads (Up-Down's rnn size, the Transformer's layers, ...): the
+    # baseline's builder parses them into its own dataclass, which refuses unknown keys.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS and not _ITERATION_VARIANT.match(self.variant):
