@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from mia.captioning.beam import BOS, EOS
-from mia.captioning.checkpoint import atomic_save, load_checkpoint
 from mia.captioning.config import TrainConfig
 from mia.captioning.decode import decode_split, load_captioner
 from mia.captioning.train import PREEMPTED_EXIT_CODE, learning_rate, train_captioner
+from mia.training.checkpoint import atomic_save, load_checkpoint
 
 WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "big", "small", "red", "blue", "circle",
          "square"]
@@ -74,6 +74,9 @@ class ToyCaptionData:
             chosen = [self.items[i] for i in order[b * batch_size:(b + 1) * batch_size]]
             yield self._batch([r for r, _ in chosen], [t for _, t in chosen])
 
+    def num_train_batches(self, batch_size: int) -> int:
+        return -(-len(self.items) // batch_size)
+
     def eval_batches(self, split: str, batch_size: int):
         rows = list(range(len(self.image_ids)))  # val and test are the training images here
         for b in range(0, len(rows), batch_size):
@@ -107,7 +110,7 @@ def test_tiny_run_overfits_and_selects_on_val(tmp_path):
     ciders = [row["val_cider"] for row in result.history]
     assert losses[-1] < 0.5 * losses[0], losses
     assert max(ciders) > ciders[0] + 1.0 and max(ciders) > 1.5, ciders
-    assert result.best_val_cider == max(ciders)
+    assert result.best_score == max(ciders)
     assert result.best_epoch == ciders.index(max(ciders)) + 1
     history = json.loads((tmp_path / "history.json").read_text())
     assert all(set(row) >= {"epoch", "train_loss", "val_cider", "lr", "wall_s"} for row in history)
@@ -124,7 +127,7 @@ def test_tiny_run_overfits_and_selects_on_val(tmp_path):
     from mia.evaluation.cider import CiderD
     score, _ = CiderD(ToyCaptionData().references("val")).score(
         {r["image_id"]: r["caption"] for r in results})
-    assert score == pytest.approx(result.best_val_cider)
+    assert score == pytest.approx(result.best_score)
 
 
 def test_learning_rate_schedule():
@@ -232,7 +235,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
                                           (12, signal.SIGUSR1, 3, BATCHES_PER_EPOCH)):
         stopped = _run(run_dir, stop_at_step=stop_at, signum=signum)
         assert stopped.returncode == PREEMPTED_EXIT_CODE, stopped.stderr
-        progress = load_checkpoint(run_dir / "last.pt")["progress"]
+        progress = load_checkpoint(run_dir / "last.pt")["state"]
         assert (progress["global_step"], progress["epoch"], progress["step_in_epoch"]) == (
             stop_at, epoch, batch)
         assert not list(run_dir.glob("*.tmp-*"))

@@ -22,6 +22,7 @@ from coco_mini_fixtures import write_karpathy
 
 from mia.data import store
 from mia.data.preprocess import CaptionPreprocessConfig, build_caption_store
+from mia.runlog import stop_job_logging
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "workflow_scripts"
 MODEL = {"d_model": 32, "embed_dim": 32, "attention_dim": 32, "dropout": 0.1, "mia_heads": 2,
@@ -71,8 +72,11 @@ def fake_snakemake(stores: dict[str, str], run_dir: Path, train: dict) -> Simple
 def run_script(smk: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(SCRIPTS))
     Path(smk.output.model).parent.mkdir(parents=True, exist_ok=True)
-    runpy.run_path(str(SCRIPTS / "train_captioner.py"), init_globals={"snakemake": smk},
-                   run_name="__main__")
+    try:
+        runpy.run_path(str(SCRIPTS / "train_captioner.py"), init_globals={"snakemake": smk},
+                       run_name="__main__")
+    finally:
+        stop_job_logging()  # the script tees stderr into its log; give pytest its stderr back
 
 
 def preempt_at_batch(monkeypatch: pytest.MonkeyPatch, epoch: int, batch: int) -> None:
@@ -127,5 +131,5 @@ def test_changed_config_does_not_resume_stale_checkpoints(
     assert "config or inputs changed" in log
     assert "resuming" not in log.split("config or inputs changed", 1)[1]
     assert json.loads((tmp_path / "run/checkpoints/fingerprint.json").read_text()
-                      )["train"]["lr"] == 1e-3
+                      )["config"]["lr"] == 1e-3
     assert Path(changed.output.model).exists()

@@ -17,18 +17,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def start(smk: Any) -> logging.Logger:
-    """Set up ``sys.path`` and logging (to the rule's ``log`` file and stderr); return a logger."""
+    """Set up ``sys.path`` and logging; return a logger.
+
+    Everything the job prints (log records, warnings, tracebacks, C-level stderr) goes to the
+    rule's ``log`` file as well as the console (:func:`mia.runlog.setup_job_logging`).
+    """
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if smk.log:
-        Path(smk.log[0]).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(smk.log[0], mode="a"))
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch_threads = getattr(smk, "threads", 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
-    return logging.getLogger(f"workflow.{smk.rule}")
+    os.environ.setdefault("OMP_NUM_THREADS", str(getattr(smk, "threads", 1)))
+    from mia.runlog import setup_job_logging
+
+    return setup_job_logging(smk.log[0] if smk.log else None, f"workflow.{smk.rule}")
 
 
 def finish_training(checkpoints: Path, best: Path, history_out: str, model_out: str) -> None:

@@ -108,8 +108,10 @@ class TrainConfig:
     val_batch_size: int = 100
     max_length: int = 20  # most words a decoded caption may have
     checkpoint_every: int = 1000  # steps between last.pt snapshots (0: only at epoch ends)
+    log_every: int = 100  # steps between progress lines in the log (0: none)
+    max_nonfinite_steps: int = 5  # non-finite loss/gradient steps skipped before training fails
     device: str = "auto"  # "auto" = cuda when available
-    progress: bool = True  # tqdm bars
+    progress: bool | Literal["auto"] = "auto"  # progress bars: on a terminal only by default
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # YAML gives a list

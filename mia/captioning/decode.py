@@ -8,17 +8,17 @@ is already lower-cased and tokenised, so there is nothing else to undo).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mia.captioning.beam import EOS, PAD, decode
-from mia.captioning.checkpoint import load_checkpoint
 from mia.captioning.config import CaptionerConfig
 from mia.captioning.models import build_captioner
 from mia.io import write_json
+from mia.training.checkpoint import load_checkpoint
 
 
 def vocab_words(vocab: Any) -> list[str]:
@@ -52,14 +52,22 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @torch.no_grad()
 def caption_split(model: torch.nn.Module, data: Any, split: str, beam_size: int, max_length: int,
-                  batch_size: int = 100) -> dict[int, str]:
-    """``{image_id: caption}`` for every image of ``split`` (model put in eval mode)."""
+                  batch_size: int = 100, should_stop: Callable[[], bool] | None = None
+                  ) -> dict[int, str] | None:
+    """``{image_id: caption}`` for every image of ``split`` (model put in eval mode).
+
+    ``should_stop`` is asked between batches (a training job told to stop mid-validation);
+    when it says yes, decoding ends and None is returned.
+    """
     was_training = model.training
     model.eval()
     words = vocab_words(data.vocab)
     device = next(model.parameters()).device
     captions: dict[int, str] = {}
     for batch in data.eval_batches(split, batch_size):
+        if should_stop is not None and should_stop():
+            model.train(was_training)
+            return None
         decoded = decode(model, move_batch(batch, device), beam_size, max_length)
         for image_id, tokens in zip(batch["image_ids"].tolist(), decoded.tokens.tolist(),
                                     strict=True):

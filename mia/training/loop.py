@@ -1,0 +1,312 @@
+"""One training loop for every trainer: epochs of steps, validation, selection, exact resume.
+
+Cross-entropy captioning, SCST and VQA differ in what a step computes and how a model is scored;
+everything else is the same and lives here: the step bookkeeping, the learning-rate call, the
+non-finite guard, gradient clipping, ``last.pt`` every ``checkpoint_every`` steps and at every
+epoch boundary, stopping on a signal, validation after each epoch, ``best.pt`` on the best
+validation score (never the test split), ``history.json``, and resuming a stopped run exactly.
+
+A trainer is a :class:`TrainingTask`: it owns the model and optimiser and says how to iterate
+batches, compute a step's loss, set the learning rate and validate.
+
+Outputs in ``out_dir``:
+
+* ``last.pt``: model, optimiser, loop state, RNG states, task extras and the task's ``meta``
+  (config, vocabulary) that a resume must match;
+* ``best.pt``: :meth:`TrainingTask.best_checkpoint` of the best epoch so far;
+* ``history.json``: one row per epoch (train loss, non-finite steps skipped, learning rate, wall
+  times, and every validation metric).
+
+Exact resume: the data order is a function of (seed, epoch) and batches already done are skipped,
+the RNG states are restored, and learning rates are pure functions of (epoch, step) or live in the
+task's extras, so a run stopped at any step and restarted ends with exactly the weights of an
+uninterrupted one on CPU. A stop during validation (SIGTERM while decoding 5,000 images) saves
+``last.pt`` with the epoch trained but not validated, and the restart validates it.
+
+All of it is saved in the weights-only checkpoint format of :mod:`mia.training.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mia.io import write_json
+from mia.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from mia.training.lifecycle import Preempted, StopSignals
+from mia.training.progress import ProgressLog, format_duration
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteTraining(RuntimeError):
+    """The loss or a gradient was not finite more often than the run allows: the inputs are
+    corrupt or the recipe diverges. The message names the inputs to check."""
+
+
+class ValidationInterrupted(Exception):
+    """Raised by a task's validation when the loop asks it to stop (see ``should_stop``)."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the loop needs from a trainer's config."""
+
+    epochs: int
+    checkpoint_every: int = 1000  # steps between last.pt snapshots (0: epoch ends only)
+    log_every: int = 100  # steps between progress lines in the log (0: none)
+    progress: bool | str = "auto"  # progress bar: True, False, "auto" (when a terminal watches)
+    grad_clip_norm: float = 0.0  # max global gradient norm (0: no clipping)
+    grad_clip_value: float = 0.0  # clamp each gradient element to +-value (0: no clamping)
+    max_nonfinite_steps: int = 5  # steps with a non-finite loss/gradient skipped before failing
+    score_key: str = "val_score"  # the validation metric that selects best.pt (higher = better)
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved in ``last.pt``."""
+
+    epoch: int = 1  # 1-based epoch being trained or validated
+    step_in_epoch: int = 0  # batches of this epoch already done
+    global_step: int = 0
+    phase: str = "train"  # "train", then "validate" once the epoch's batches are done
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_loss_sum: float = 0.0
+    epoch_loss_steps: int = 0
+    epoch_nonfinite: int = 0
+    nonfinite_steps: int = 0  # over the whole run
+    epoch_wall_s: float = 0.0
+    last_lr: float = 0.0
+
+
+@dataclass
+class FitResult:
+    best_score: float
+    best_epoch: int
+    history: list[dict[str, Any]]
+    best_path: Path
+    last_path: Path
+
+
+class TrainingTask:
+    """What a trainer provides. Subclasses set :attr:`model` and :attr:`optimizer`."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def meta(self) -> dict[str, Any]:
+        """What a resumable ``last.pt`` must match (config, vocabulary); plain data only."""
+        return {}
+
+    def batches(self, epoch: int, start: int) -> Iterable[Any]:
+        """The training batches of ``epoch``, skipping the first ``start``."""
+        raise NotImplementedError
+
+    def num_batches(self, epoch: int) -> int | None:
+        return None
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before the first step of every epoch (also a resumed one)."""
+
+    def set_learning_rate(self, epoch: int, global_step: int) -> float:
+        """Set the optimiser's rates for this step; return the main rate (for the log)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def loss(self, batch: Any, epoch: int) -> tuple[Tensor, dict[str, float]]:
+        """Forward one batch in train mode: the scalar loss and extra numbers for the log."""
+        raise NotImplementedError
+
+    def validate(self, epoch: int, should_stop: Callable[[], bool]) -> dict[str, float]:
+        """Validation metrics (must include the settings' ``score_key``). Call ``should_stop()``
+        between batches and raise :class:`ValidationInterrupted` when it is true."""
+        raise NotImplementedError
+
+    def best_checkpoint(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, Any]:
+        """The payload of ``best.pt`` (weights-only format)."""
+        return {"model": self.model.state_dict(), "epoch": epoch, **self.meta(),
+                "metrics": dict(metrics)}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Task state beyond model and optimiser (an LR-on-plateau scheduler, ...)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def describe_inputs(self) -> str:
+        """The inputs to name when training goes non-finite (store paths)."""
+        return "the input stores"
+
+    def batch_description(self, batch: Any) -> str:
+        """Which items a batch holds, for a non-finite step's warning."""
+        if isinstance(batch, Mapping) and "image_ids" in batch:
+            ids = batch["image_ids"]
+            ids = ids.tolist() if torch.is_tensor(ids) else list(ids)
+            return f"image ids {ids[:8]}{' ...' if len(ids) > 8 else ''}"
+        return "this batch"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _finite(x: Tensor) -> bool:
+    return bool(torch.isfinite(x).all())
+
+
+def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) -> FitResult:
+    """Train ``task`` for ``settings.epochs`` epochs, resuming from ``out_dir/last.pt``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    state = LoopState()
+    meta = task.meta()
+    if last_path.exists():
+        # RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
+        ck = load_checkpoint(last_path, map_location="cpu")
+        if ck.get("meta") != meta:
+            raise ValueError(f"{last_path}: was trained with another config or vocabulary; "
+                             "delete the run directory to start over")
+        task.model.load_state_dict(ck["model"])
+        task.optimizer.load_state_dict(ck["optimizer"])
+        task.load_extra_state(ck.get("extra", {}))
+        state = LoopState(**ck["state"])
+        set_rng_state(ck["rng"])
+        log.info("%s: resuming at epoch %d, batch %d (%s)", last_path, state.epoch,
+                 state.step_in_epoch, state.phase)
+
+    def save_last() -> None:
+        atomic_save({"model": task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
+                     "state": dataclasses.asdict(state), "rng": rng_state(),
+                     "extra": task.extra_state(), "meta": meta}, last_path)
+
+    with StopSignals() as stop:
+        while state.epoch <= settings.epochs:
+            if state.phase == "train":
+                _train_epoch(task, settings, state, stop, save_last)
+                state.phase = "validate"
+                save_last()
+            _stop_if_requested(stop, state, f"after the training steps of epoch {state.epoch}")
+            started = time.monotonic()
+            task.model.eval()
+            try:
+                metrics = task.validate(state.epoch, lambda: stop.requested)
+            except ValidationInterrupted:
+                raise Preempted(f"signal {stop.signum} while validating epoch {state.epoch}; "
+                                f"{last_path} holds the trained epoch", stop.signum or 15
+                                ) from None
+            finally:
+                task.model.train()
+            if settings.score_key not in metrics:
+                raise KeyError(f"validation returned {sorted(metrics)}, not the selection metric "
+                               f"{settings.score_key!r}")
+            row = {"epoch": state.epoch, "steps": state.step_in_epoch,
+                   "train_loss": state.epoch_loss_sum / max(state.epoch_loss_steps, 1),
+                   "nonfinite_steps": state.epoch_nonfinite, "lr": state.last_lr,
+                   "wall_s": state.epoch_wall_s, "val_wall_s": time.monotonic() - started,
+                   **{k: float(v) for k, v in metrics.items()}}
+            state.history.append(row)
+            score = float(metrics[settings.score_key])
+            log.info("epoch %d/%d done: train loss %.4f, %s %.4f%s (train %s, validation %s)",
+                     state.epoch, settings.epochs, row["train_loss"], settings.score_key, score,
+                     " (best so far)" if score > state.best_score else "",
+                     format_duration(row["wall_s"]), format_duration(row["val_wall_s"]))
+            if score > state.best_score:
+                state.best_score, state.best_epoch = score, state.epoch
+                atomic_save(task.best_checkpoint(state.epoch, metrics), best_path)
+            state.epoch += 1
+            state.phase, state.step_in_epoch = "train", 0
+            state.epoch_loss_sum, state.epoch_loss_steps = 0.0, 0
+            state.epoch_nonfinite, state.epoch_wall_s = 0, 0.0
+            save_last()
+            write_json(out_dir / "history.json", state.history)
+            _stop_if_requested(stop, state, f"after epoch {state.epoch - 1}")
+    return FitResult(state.best_score, state.best_epoch, state.history, best_path, last_path)
+
+
+def _stop_if_requested(stop: StopSignals, state: LoopState, where: str) -> None:
+    if stop.requested:
+        raise Preempted(f"signal {stop.signum} {where}; last.pt saved", stop.signum or 15)
+
+
+def _train_epoch(task: TrainingTask, settings: LoopSettings, state: LoopState,
+                 stop: StopSignals, save_last: Callable[[], None]) -> None:
+    """Train the rest of ``state.epoch`` from batch ``state.step_in_epoch``."""
+    task.model.train()
+    task.start_epoch(state.epoch)
+    steps = task.num_batches(state.epoch)
+    later = None
+    if steps is not None:
+        later = sum(task.num_batches(e) or 0 for e in range(state.epoch + 1, settings.epochs + 1))
+    progress = ProgressLog(log, state.epoch, settings.epochs, steps, state.step_in_epoch,
+                           settings.log_every, settings.progress, task.device, later)
+    params = [p for p in task.model.parameters() if p.requires_grad]
+    started = time.monotonic()
+    try:
+        for batch in task.batches(state.epoch, state.step_in_epoch):
+            lr = task.set_learning_rate(state.epoch, state.global_step)
+            loss, extras = task.loss(batch, state.epoch)
+            task.optimizer.zero_grad(set_to_none=True)
+            ok = _finite(loss.detach())
+            if ok:
+                loss.backward()
+                if settings.grad_clip_value > 0:
+                    torch.nn.utils.clip_grad_value_(params, settings.grad_clip_value)
+                norm = torch.nn.utils.clip_grad_norm_(
+                    params, settings.grad_clip_norm if settings.grad_clip_norm > 0 else math.inf)
+                ok = _finite(norm)
+            if ok:
+                task.optimizer.step()
+                value = float(loss.detach())
+                state.epoch_loss_sum += value
+                state.epoch_loss_steps += 1
+            else:
+                task.optimizer.zero_grad(set_to_none=True)
+                value = math.nan
+                _count_nonfinite(task, settings, state, batch, loss)
+            state.global_step += 1
+            state.step_in_epoch += 1
+            state.last_lr = lr
+            progress.step(state.step_in_epoch, state.global_step, value, lr, **extras)
+            if stop.requested or (settings.checkpoint_every
+                                  and state.global_step % settings.checkpoint_every == 0):
+                state.epoch_wall_s += time.monotonic() - started
+                started = time.monotonic()
+                save_last()
+                if stop.requested:
+                    raise Preempted(f"signal {stop.signum} at epoch {state.epoch}, batch "
+                                    f"{state.step_in_epoch}; last.pt saved", stop.signum or 15)
+    finally:
+        progress.close()
+    state.epoch_wall_s += time.monotonic() - started
+
+
+def _count_nonfinite(task: TrainingTask, settings: LoopSettings, state: LoopState, batch: Any,
+                     loss: Tensor) -> None:
+    state.nonfinite_steps += 1
+    state.epoch_nonfinite += 1
+    what = "loss" if not _finite(loss.detach()) else "gradient"
+    where = (f"epoch {state.epoch}, step {state.step_in_epoch + 1} (global "
+             f"{state.global_step + 1})")
+    if state.nonfinite_steps > settings.max_nonfinite_steps:
+        raise NonFiniteTraining(
+            f"the {what} was not finite at {where} ({task.batch_description(batch)}), the "
+            f"{state.nonfinite_steps}th such step of this run (at most "
+            f"{settings.max_nonfinite_steps} are skipped). Corrupt inputs are the usual cause: "
+            f"check {task.describe_inputs()} (`mia data verify STORE`), or rebuild them by "
+            "deleting the file and rerunning its rule; otherwise lower the learning rate.")
+    log.warning("non-finite %s at %s (%s): step skipped (%d of at most %d for this run)", what,
+                where, task.batch_description(batch), state.nonfinite_steps,
+                settings.max_nonfinite_steps)
