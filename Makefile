@@ -21,12 +21,13 @@ demo: $(STAMP)
 	@echo "Report: $(CURDIR)/reports/demo/index.html"
 
 ## Lint, then every test (unit, reference, end-to-end demo DAG, local Slurm).
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest
 
+## ruff on the package, scripts and tests; snakefmt on the workflow.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile rules/
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/mia_module.py

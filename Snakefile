@@ -32,6 +32,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         f"reports/{NAME}/index.html",
-    default_target: True

@@ -15,22 +15,22 @@ rule train_captioner:
             subcategory="{baseline}/{variant}",
             labels={"run": "{baseline}/{variant}", "stage": "xe", "file": "history"},
         ),
-    params:
-        model=config["captioning"]["model"],
-        train=config["captioning"]["train"],
-        checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/xe/checkpoints",
     log:
         f"{R}/logs/train_captioner/{{baseline}}/{{variant}}/xe.log",
     benchmark:
         f"{R}/benchmarks/train_captioner/{{baseline}}/{{variant}}/xe.tsv"
     retries: config["captioning"]["retries"]
+    conda:
+        CORE_ENV
     threads: res("train_captioner", "threads")
     resources:
         mem_mb=res("train_captioner", "mem_mb"),
         runtime=res("train_captioner", "runtime"),
         gpu=res("train_captioner", "gpu"),
-    conda:
-        CORE_ENV
+    params:
+        model=config["captioning"]["model"],
+        train=config["captioning"]["train"],
+        checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/xe/checkpoints",
     script:
         "../workflow_scripts/train_captioner.py"
 
@@ -42,22 +42,22 @@ rule train_captioner_scst:
     output:
         model=f"{R}/runs/captioning/{{baseline}}/{{variant}}/scst/model.pt",
         history=f"{R}/runs/captioning/{{baseline}}/{{variant}}/scst/history.json",
-    params:
-        scst=config["captioning"]["scst"],
-        train=config["captioning"]["train"],
-        checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/scst/checkpoints",
     log:
         f"{R}/logs/train_captioner/{{baseline}}/{{variant}}/scst.log",
     benchmark:
         f"{R}/benchmarks/train_captioner/{{baseline}}/{{variant}}/scst.tsv"
     retries: config["captioning"]["retries"]
+    conda:
+        CORE_ENV
     threads: res("train_captioner", "threads")
     resources:
         mem_mb=res("train_captioner", "mem_mb"),
         runtime=res("train_captioner", "runtime"),
         gpu=res("train_captioner", "gpu"),
-    conda:
-        CORE_ENV
+    params:
+        scst=config["captioning"]["scst"],
+        train=config["captioning"]["train"],
+        checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/scst/checkpoints",
     script:
         "../workflow_scripts/train_captioner_scst.py"
 
@@ -68,18 +68,18 @@ rule decode_captions:
         model=final_caption_model,
     output:
         captions=f"{R}/runs/captioning/{{baseline}}/{{variant}}/captions_{{split}}.json",
-    params:
-        decode=config["captioning"]["decode"],
     log:
         f"{R}/logs/decode_captions/{{baseline}}/{{variant}}/{{split}}.log",
     benchmark:
         f"{R}/benchmarks/decode_captions/{{baseline}}/{{variant}}/{{split}}.tsv"
+    conda:
+        CORE_ENV
     threads: res("decode", "threads")
     resources:
         mem_mb=res("decode", "mem_mb"),
         runtime=res("decode", "runtime"),
         gpu=res("decode", "gpu"),
-    conda:
-        CORE_ENV
+    params:
+        decode=config["captioning"]["decode"],
     script:
         "../workflow_scripts/decode_captions.py"

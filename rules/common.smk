@@ -45,8 +45,9 @@ def selected_tables():
     names = config["report"]["tables"]
     unknown = [t for t in names if t not in config["tables"]]
     if unknown:
-        raise ValueError(f"report.tables: {unknown} not defined under tables: "
-                         f"{sorted(config['tables'])}")
+        raise ValueError(
+            f"report.tables: {unknown} not defined under tables: " f"{sorted(config['tables'])}"
+        )
     return names
 
 
@@ -61,8 +62,10 @@ def selected_runs(task=None):
         run_task, baseline, _ = run.split("/")
         section = "captioning" if run_task == "captioning" else "vqa"
         if baseline not in config[section]["baselines"]:
-            raise ValueError(f"tables: run {run!r} names baseline {baseline!r}, which is not "
-                             f"under {section}.baselines: {sorted(config[section]['baselines'])}")
+            raise ValueError(
+                f"tables: run {run!r} names baseline {baseline!r}, which is not "
+                f"under {section}.baselines: {sorted(config[section]['baselines'])}"
+            )
     return list(seen)
 
 
@@ -77,7 +80,11 @@ def final_caption_model(wildcards):
 
 def metrics_path(run):
     task, baseline, variant = run.split("/")
-    split = config["captioning"]["decode"]["split"] if task == "captioning" else config["vqa"]["eval_split"]
+    split = (
+        config["captioning"]["decode"]["split"]
+        if task == "captioning"
+        else config["vqa"]["eval_split"]
+    )
     return f"{R}/runs/{run}/metrics_{split}.json"
 
 
@@ -95,8 +102,7 @@ def benchmark_paths(run):
     if task == "vqa":
         return [f"{R}/benchmarks/train_vqa/{baseline}/{variant}.tsv"]
     stages = ["xe", "scst"] if caption_stage(baseline) == "scst" else ["xe"]
-    return [f"{R}/benchmarks/train_captioner/{baseline}/{variant}/{stage}.tsv"
-            for stage in stages]
+    return [f"{R}/benchmarks/train_captioner/{baseline}/{variant}/{stage}.tsv" for stage in stages]
 
 
 def stages(run):
@@ -109,10 +115,14 @@ def stages(run):
 
 def report_run_files():
     """Per run: its metrics file and, per training stage, its history and benchmark files."""
-    return {run: {"metrics": metrics_path(run),
-                  "histories": dict(zip(stages(run), history_paths(run))),
-                  "benchmarks": dict(zip(stages(run), benchmark_paths(run)))}
-            for run in selected_runs()}
+    return {
+        run: {
+            "metrics": metrics_path(run),
+            "histories": dict(zip(stages(run), history_paths(run))),
+            "benchmarks": dict(zip(stages(run), benchmark_paths(run))),
+        }
+        for run in selected_runs()
+    }
 
 
 def report_inputs():
@@ -131,7 +141,9 @@ def raw(path):
 
 
 KARPATHY_JSON = raw("karpathy/dataset_coco.json")
-VQA_QUESTIONS = {s: raw(f"vqa/v2_OpenEnded_mscoco_{s}2014_questions.json") for s in ("train", "val")}
+VQA_QUESTIONS = {
+    s: raw(f"vqa/v2_OpenEnded_mscoco_{s}2014_questions.json") for s in ("train", "val")
+}
 VQA_ANNOTATIONS = {s: raw(f"vqa/v2_mscoco_{s}2014_annotations.json") for s in ("train", "val")}
 INSTANCES = [raw(f"annotations/instances_{s}2014.json") for s in ("train", "val")]
 
@@ -160,15 +172,21 @@ def feature_store(kind):
 def caption_inputs(wildcards):
     """The stores a captioning run reads: captions, its features, and the matching concepts."""
     kind = config["captioning"]["baselines"][wildcards.baseline]["features"]
-    return {"captions": CAPTIONS_STORE, "features": feature_store(kind),
-            "concepts": f"{R}/features/concepts_{kind}.h5"}
+    return {
+        "captions": CAPTIONS_STORE,
+        "features": feature_store(kind),
+        "concepts": f"{R}/features/concepts_{kind}.h5",
+    }
 
 
 def vqa_inputs(wildcards):
     """A VQA run's stores, plus GloVe vectors for the question words when the config asks."""
     kind = config["vqa"]["baselines"][wildcards.baseline]["features"]
-    inputs = {"vqa": VQA_STORE, "features": feature_store(kind),
-              "concepts": f"{R}/features/concepts_{kind}.h5"}
+    inputs = {
+        "vqa": VQA_STORE,
+        "features": feature_store(kind),
+        "concepts": f"{R}/features/concepts_{kind}.h5",
+    }
     if config["vqa"].get("glove"):
         inputs["glove"] = raw(config["vqa"]["glove"])
     return inputs
@@ -189,8 +207,10 @@ def archive_path(key):
 
 def provided_outputs(key):
     """The raw-layout paths an archive provides; a trailing slash marks a folder."""
-    return [directory(raw(p[:-1])) if p.endswith("/") else raw(p)
-            for p in download_spec(key)["provides"]]
+    return [
+        directory(raw(p[:-1])) if p.endswith("/") else raw(p)
+        for p in download_spec(key)["provides"]
+    ]
 
 
 def region_inputs(wildcards):

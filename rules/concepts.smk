@@ -8,19 +8,19 @@ rule build_concept_store:
         features=GRID_STORE,
     output:
         store=f"{R}/features/concepts_{{kind}}.h5",
-    params:
-        concepts=config["features"]["concepts"],
-        k=lambda wc: config["features"]["concepts"]["k"][wc.kind],
     log:
         f"{R}/logs/build_concept_store/{{kind}}.log",
     benchmark:
         f"{R}/benchmarks/build_concept_store/{{kind}}.tsv"
+    conda:
+        CORE_ENV
     threads: res("concepts", "threads")
     resources:
         mem_mb=res("concepts", "mem_mb"),
         runtime=res("concepts", "runtime"),
         gpu=res("concepts", "gpu"),
-    conda:
-        CORE_ENV
+    params:
+        concepts=config["features"]["concepts"],
+        k=lambda wc: config["features"]["concepts"]["k"][wc.kind],
     script:
         "../workflow_scripts/build_concept_store.py"

@@ -7,18 +7,18 @@ rule build_caption_store:
     output:
         store=CAPTIONS_STORE,
         references=expand(f"{R}/data/references_{{split}}.json", split=("train", "val", "test")),
-    params:
-        preprocess=config["preprocess"]["captions"],
     log:
         f"{R}/logs/build_caption_store.log",
     benchmark:
         f"{R}/benchmarks/build_caption_store.tsv"
+    conda:
+        CORE_ENV
     threads: res("preprocess", "threads")
     resources:
         mem_mb=res("preprocess", "mem_mb"),
         runtime=res("preprocess", "runtime"),
-    conda:
-        CORE_ENV
+    params:
+        preprocess=config["preprocess"]["captions"],
     script:
         "../workflow_scripts/build_caption_store.py"
 
@@ -31,17 +31,17 @@ rule build_vqa_store:
         val_annotations=VQA_ANNOTATIONS["val"],
     output:
         store=VQA_STORE,
-    params:
-        preprocess=config["preprocess"]["vqa"],
     log:
         f"{R}/logs/build_vqa_store.log",
     benchmark:
         f"{R}/benchmarks/build_vqa_store.tsv"
+    conda:
+        CORE_ENV
     threads: res("preprocess", "threads")
     resources:
         mem_mb=res("preprocess", "mem_mb"),
         runtime=res("preprocess", "runtime"),
-    conda:
-        CORE_ENV
+    params:
+        preprocess=config["preprocess"]["vqa"],
     script:
         "../workflow_scripts/build_vqa_store.py"

@@ -11,19 +11,19 @@ if DEMO:
             questions=list(VQA_QUESTIONS.values()),
             annotations=list(VQA_ANNOTATIONS.values()),
             images=directory(raw("images")),
-        params:
-            root=lambda wildcards, output: os.path.dirname(os.path.dirname(output.karpathy)),
-            demo=config["data"]["demo"],
         log:
             f"{R}/logs/generate_demo_world.log",
         benchmark:
             f"{R}/benchmarks/generate_demo_world.tsv"
+        conda:
+            CORE_ENV
         threads: res("demo_world", "threads")
         resources:
             mem_mb=res("demo_world", "mem_mb"),
             runtime=res("demo_world", "runtime"),
-        conda:
-            CORE_ENV
+        params:
+            root=lambda wildcards, output: os.path.dirname(os.path.dirname(output.karpathy)),
+            demo=config["data"]["demo"],
         script:
             "../workflow_scripts/generate_demo_world.py"
 
@@ -36,19 +36,19 @@ else:
     rule download_archive:
         output:
             protected(f"{DOWNLOADS}/{{dataset}}.zip"),
-        params:
-            url=lambda wc: download_spec(wc.dataset)["url"],
-            sha256=lambda wc: download_spec(wc.dataset)["sha256"],
         log:
             f"{R}/logs/download/{{dataset}}.log",
         benchmark:
             f"{R}/benchmarks/download/{{dataset}}.tsv"
+        conda:
+            CORE_ENV
         threads: res("download", "threads")
         resources:
             mem_mb=res("download", "mem_mb"),
             runtime=res("download", "runtime"),
-        conda:
-            CORE_ENV
+        params:
+            url=lambda wc: download_spec(wc.dataset)["url"],
+            sha256=lambda wc: download_spec(wc.dataset)["sha256"],
         script:
             "../workflow_scripts/download_archive.py"
 
@@ -62,19 +62,19 @@ else:
                 archive_path(_key),
             output:
                 provided_outputs(_key),
-            params:
-                extract_to=_spec["extract_to"],
-                provides=_spec["provides"],
-                members=_spec.get("members"),
             log:
                 f"{R}/logs/extract/{_key}.log",
             benchmark:
                 f"{R}/benchmarks/extract/{_key}.tsv"
+            conda:
+                CORE_ENV
             threads: res("download", "threads")
             resources:
                 mem_mb=res("download", "mem_mb"),
                 runtime=res("download", "runtime"),
-            conda:
-                CORE_ENV
+            params:
+                extract_to=_spec["extract_to"],
+                provides=_spec["provides"],
+                members=_spec.get("members"),
             script:
                 "../workflow_scripts/extract_archive.py"

@@ -13,19 +13,19 @@ rule evaluate_captions:
             subcategory="{baseline}/{variant}",
             labels={"run": "captioning/{baseline}/{variant}", "split": "{split}"},
         ),
-    params:
-        repo=REPO,
-        metrics=" ".join(config["evaluation"]["captions"]["metrics"]),
     log:
         f"{R}/logs/evaluate_captions/{{baseline}}/{{variant}}/{{split}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate_captions/{{baseline}}/{{variant}}/{{split}}.tsv"
+    conda:
+        EVAL_ENV
     threads: res("evaluate", "threads")
     resources:
         mem_mb=res("evaluate", "mem_mb"),
         runtime=res("evaluate", "runtime"),
-    conda:
-        EVAL_ENV
+    params:
+        repo=REPO,
+        metrics=" ".join(config["evaluation"]["captions"]["metrics"]),
     shell:
         "PYTHONPATH={params.repo:q} python -m mia evaluate captions"
         " --results {input.captions:q} --references {input.references:q}"
@@ -39,18 +39,18 @@ rule evaluate_vqa:
         annotations=lambda wc: VQA_ANNOTATIONS[wc.split],
     output:
         metrics=f"{R}/runs/vqa/{{baseline}}/{{variant}}/metrics_{{split}}.json",
-    params:
-        repo=REPO,
     log:
         f"{R}/logs/evaluate_vqa/{{baseline}}/{{variant}}/{{split}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate_vqa/{{baseline}}/{{variant}}/{{split}}.tsv"
+    conda:
+        EVAL_ENV
     threads: res("evaluate", "threads")
     resources:
         mem_mb=res("evaluate", "mem_mb"),
         runtime=res("evaluate", "runtime"),
-    conda:
-        EVAL_ENV
+    params:
+        repo=REPO,
     shell:
         "PYTHONPATH={params.repo:q} python -m mia evaluate vqa"
         " --results {input.answers:q} --questions {input.questions:q}"

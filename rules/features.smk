@@ -7,20 +7,20 @@ rule extract_grid_features:
         images=image_dirs(),
     output:
         store=GRID_STORE,
-    params:
-        grid=config["features"]["grid"],
-        root=raw_root,
     log:
         f"{R}/logs/extract_grid_features.log",
     benchmark:
         f"{R}/benchmarks/extract_grid_features.tsv"
+    conda:
+        CORE_ENV
     threads: res("grid_features", "threads")
     resources:
         mem_mb=res("grid_features", "mem_mb"),
         runtime=res("grid_features", "runtime"),
         gpu=res("grid_features", "gpu"),
-    conda:
-        CORE_ENV
+    params:
+        grid=config["features"]["grid"],
+        root=raw_root,
     script:
         "../workflow_scripts/extract_grid_features.py"
 
@@ -30,19 +30,21 @@ rule extract_region_features:
         unpack(region_inputs),
     output:
         store=REGION_STORE,
-    params:
-        regions=config["features"]["regions"],
-        root=raw_root,
     log:
         f"{R}/logs/extract_region_features.log",
     benchmark:
         f"{R}/benchmarks/extract_region_features.tsv"
+    conda:
+        "../envs/detectron2.yaml"
+        if config["features"]["regions"]["source"] == "detectron2"
+        else CORE_ENV
     threads: res("region_features", "threads")
     resources:
         mem_mb=res("region_features", "mem_mb"),
         runtime=res("region_features", "runtime"),
         gpu=res("region_features", "gpu"),
-    conda:
-        "../envs/detectron2.yaml" if config["features"]["regions"]["source"] == "detectron2" else CORE_ENV
+    params:
+        regions=config["features"]["regions"],
+        root=raw_root,
     script:
         "../workflow_scripts/extract_region_features.py"

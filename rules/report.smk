@@ -21,19 +21,19 @@ rule render_report:
             category="Figures",
             caption="../report/figures.rst",
         ),
-    params:
-        config=config,
-        tables=selected_tables(),
-        run_files=report_run_files(),
     log:
         f"{R}/logs/render_report.log",
     benchmark:
         f"{R}/benchmarks/render_report.tsv"
+    conda:
+        CORE_ENV
     threads: res("report", "threads")
     resources:
         mem_mb=res("report", "mem_mb"),
         runtime=res("report", "runtime"),
-    conda:
-        CORE_ENV
+    params:
+        config=config,
+        tables=selected_tables(),
+        run_files=report_run_files(),
     script:
         "../workflow_scripts/render_report.py"

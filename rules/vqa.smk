@@ -8,22 +8,22 @@ rule train_vqa:
     output:
         model=f"{R}/runs/vqa/{{baseline}}/{{variant}}/model.pt",
         history=f"{R}/runs/vqa/{{baseline}}/{{variant}}/history.json",
-    params:
-        model=config["vqa"]["model"],
-        train=config["vqa"]["train"],
-        checkpoints=f"{R}/runs/vqa/{{baseline}}/{{variant}}/checkpoints",
     log:
         f"{R}/logs/train_vqa/{{baseline}}/{{variant}}.log",
     benchmark:
         f"{R}/benchmarks/train_vqa/{{baseline}}/{{variant}}.tsv"
     retries: config["vqa"]["retries"]
+    conda:
+        CORE_ENV
     threads: res("train_vqa", "threads")
     resources:
         mem_mb=res("train_vqa", "mem_mb"),
         runtime=res("train_vqa", "runtime"),
         gpu=res("train_vqa", "gpu"),
-    conda:
-        CORE_ENV
+    params:
+        model=config["vqa"]["model"],
+        train=config["vqa"]["train"],
+        checkpoints=f"{R}/runs/vqa/{{baseline}}/{{variant}}/checkpoints",
     script:
         "../workflow_scripts/train_vqa.py"
 
@@ -38,12 +38,12 @@ rule answer_vqa:
         f"{R}/logs/answer_vqa/{{baseline}}/{{variant}}/{{split}}.log",
     benchmark:
         f"{R}/benchmarks/answer_vqa/{{baseline}}/{{variant}}/{{split}}.tsv"
+    conda:
+        CORE_ENV
     threads: res("decode", "threads")
     resources:
         mem_mb=res("decode", "mem_mb"),
         runtime=res("decode", "runtime"),
         gpu=res("decode", "gpu"),
-    conda:
-        CORE_ENV
     script:
         "../workflow_scripts/answer_vqa.py"
