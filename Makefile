@@ -17,6 +17,7 @@ setup: $(STAMP)
 
 ## Run the whole workflow on the generated demo world (2 CPU cores, minutes) and print the report path.
 demo: $(STAMP)
+	$(BIN)/mia config check config/demo.yaml
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 	@echo "Report: $(CURDIR)/reports/demo/index.html"
 

@@ -2,9 +2,19 @@
 # Read it as a table of contents; each stage is one file in rules/, each job's work is one
 # `mia` function called from workflow_scripts/. See config.yaml for what gets built.
 
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
+from mia.config import read_config_file
+
 min_version("9.0")
+
+# Snakemake reports a config file it cannot parse without its name or line; read config.yaml
+# first so a syntax error or an empty file is reported as path:line:column (mia config check
+# does the same for overrides, and `make demo` runs it).
+if Path("config.yaml").exists():
+    read_config_file("config.yaml")
 
 
 configfile: "config.yaml"

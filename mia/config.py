@@ -61,17 +61,44 @@ def validate_config(config: Mapping[str, Any], schema_path: str | os.PathLike = 
         raise ConfigError(_key_path(error), error.message, source)
 
 
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """One YAML config file as a mapping; a syntax error names the file, line and column, and an
+    empty file or a top level that is not a mapping is refused (Snakemake's own loader says only
+    "Config file is not valid JSON or YAML")."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", "file not found", str(path)) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError("", f"not UTF-8 text (byte {err.start}); save it as UTF-8",
+                          str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError("", f"not valid YAML: {err.problem or err}"
+                              f"{' (' + err.context + ')' if err.context else ''}; fix that line",
+                          where) from None
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"not valid YAML: {err}", str(path)) from None
+    if data is None:
+        raise ConfigError("", "the file is empty; expected a mapping of config sections "
+                              "(name:, data:, ...), as in config.yaml", str(path))
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"expected a mapping at the top level, got {type(data).__name__}",
+                          str(path))
+    return dict(data)
+
+
 def load_config(paths: Iterable[str | os.PathLike] = (REPO_ROOT / "config.yaml",),
                 schema_path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
     """Merge the YAML files in order (later override earlier), validate, return the dict."""
     config: dict[str, Any] = {}
     names = []
     for path in paths:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, Mapping):
-            raise ConfigError("", f"expected a mapping at the top level, got {type(data).__name__}",
-                              str(path))
-        config = merge(config, data)
+        config = merge(config, read_config_file(path))
         names.append(str(path))
     validate_config(config, schema_path, " + ".join(names))
     return config

@@ -3,6 +3,8 @@
 import os
 import sys
 
+from mia.variants import VARIANT_PATTERN
+
 
 envvars:
     "PATH",
@@ -21,7 +23,6 @@ DOWNLOADS = config["data"].get("downloads_dir", "resources/downloads")
 DEMO = config["data"]["source"] == "demo"
 CORE_ENV = "../envs/core.yaml"
 EVAL_ENV = "../envs/evaluation.yaml"
-VARIANT_PATTERN = "base|mia|mia_visual|mia_concepts|self_attention|mia_n[1-9]"
 
 
 wildcard_constraints:

@@ -140,3 +140,46 @@ def test_lint_is_clean(repo_root: Path, tmp_path: Path, override: str | None) ->
     out = snakemake(repo_root, tmp_path, "--lint", "--configfile", *configs)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Lints for" not in out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------ unreadable config files
+@pytest.mark.parametrize(("text", "expected"), [
+    ("name: x\ndata: {source: demo\n  root: [\n", r"bad\.yaml:3:7: .*not valid YAML"),
+    ("", r"bad\.yaml: .*the file is empty"),
+    ("- a\n- b\n", r"bad\.yaml: .*expected a mapping at the top level, got list"),
+    ("name: caf\xe9\n".encode("latin-1"), r"bad\.yaml: .*not UTF-8 text \(byte 9\)"),
+])
+def test_unreadable_config_names_file_and_line(tmp_path: Path, text: str | bytes,
+                                               expected: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=expected):
+        load_config([bad])
+
+
+def test_snakefile_names_the_line_of_a_broken_config_yaml(repo_root: Path, tmp_path: Path
+                                                         ) -> None:
+    # Snakemake's own loader would only say "Config file is not valid JSON or YAML".
+    (tmp_path / "config.yaml").write_text("name: paper\ncaptioning:\n  train: {lr: 1e-3\n")
+    out = snakemake(repo_root, tmp_path, "-n")
+    assert out.returncode != 0
+    assert re.search(r"config\.yaml:4:1: .*not valid YAML", out.stdout + out.stderr), \
+        (out.stdout + out.stderr)[-2000:]
+
+
+# ------------------------------------------------------------------ one definition of the variants
+def test_variants_are_defined_once(repo_root: Path) -> None:
+    from mia.captioning.config import CaptionerConfig
+    from mia.variants import VARIANT_PATTERN, VARIANTS
+
+    schema = yaml.safe_load((repo_root / "schemas" / "config.schema.yaml").read_text())
+    assert schema["$defs"]["run_id"]["pattern"] == (
+        f"^(captioning|vqa)/[a-z][a-z0-9_]*/({VARIANT_PATTERN})$")
+    assert f"variant={'VARIANT_PATTERN'}" in (repo_root / "rules" / "common.smk").read_text()
+    for variant in VARIANTS:
+        assert re.fullmatch(VARIANT_PATTERN, variant)
+        CaptionerConfig(variant=variant)
+    for bad in ("mia_n0", "mia_n10", "mia_n", "MIA"):
+        assert not re.fullmatch(VARIANT_PATTERN, bad)
+        with pytest.raises(ValueError, match="unknown variant"):
+            CaptionerConfig(variant=bad)
