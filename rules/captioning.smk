@@ -8,17 +8,18 @@ rule train_captioner:
     input:
         unpack(caption_inputs),
     output:
-        model=f"{R}/runs/captioning/{{baseline}}/{{variant}}/xe/model.pt",
+        model=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/xe/model.pt",
         history=report(
-            f"{R}/runs/captioning/{{baseline}}/{{variant}}/xe/history.json",
+            f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/xe/history.json",
             category="Training",
             subcategory="{baseline}/{variant}",
-            labels={"run": "{baseline}/{variant}", "stage": "xe", "file": "history"},
+            labels={"run": "{baseline}/{variant}", "seed": "{seed}", "stage": "xe"},
         ),
+        run=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/run.json",
     log:
-        f"{R}/logs/train_captioner/{{baseline}}/{{variant}}/xe.log",
+        f"{R}/logs/train_captioner/{{baseline}}/{{variant}}/s{{seed}}/xe.log",
     benchmark:
-        f"{R}/benchmarks/train_captioner/{{baseline}}/{{variant}}/xe.tsv"
+        f"{R}/benchmarks/train_captioner/{{baseline}}/{{variant}}/s{{seed}}/xe.tsv"
     retries: config["captioning"]["retries"]
     conda:
         CORE_ENV
@@ -30,7 +31,8 @@ rule train_captioner:
     params:
         model=config["captioning"]["model"],
         train=config["captioning"]["train"],
-        checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/xe/checkpoints",
+        checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/xe/checkpoints",
+        images_root=raw("images"),
     script:
         "../workflow_scripts/train_captioner.py"
 
@@ -38,14 +40,14 @@ rule train_captioner:
 rule train_captioner_scst:
     input:
         unpack(caption_inputs),
-        xe_model=f"{R}/runs/captioning/{{baseline}}/{{variant}}/xe/model.pt",
+        xe_model=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/xe/model.pt",
     output:
-        model=f"{R}/runs/captioning/{{baseline}}/{{variant}}/scst/model.pt",
-        history=f"{R}/runs/captioning/{{baseline}}/{{variant}}/scst/history.json",
+        model=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/scst/model.pt",
+        history=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/scst/history.json",
     log:
-        f"{R}/logs/train_captioner/{{baseline}}/{{variant}}/scst.log",
+        f"{R}/logs/train_captioner/{{baseline}}/{{variant}}/s{{seed}}/scst.log",
     benchmark:
-        f"{R}/benchmarks/train_captioner/{{baseline}}/{{variant}}/scst.tsv"
+        f"{R}/benchmarks/train_captioner/{{baseline}}/{{variant}}/s{{seed}}/scst.tsv"
     retries: config["captioning"]["retries"]
     conda:
         CORE_ENV
@@ -57,7 +59,7 @@ rule train_captioner_scst:
     params:
         scst=config["captioning"]["scst"],
         train=config["captioning"]["train"],
-        checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/scst/checkpoints",
+        checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/scst/checkpoints",
     script:
         "../workflow_scripts/train_captioner_scst.py"
 
@@ -67,11 +69,11 @@ rule decode_captions:
         unpack(caption_inputs),
         model=final_caption_model,
     output:
-        captions=f"{R}/runs/captioning/{{baseline}}/{{variant}}/captions_{{split}}.json",
+        captions=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/captions_{{split}}.json",
     log:
-        f"{R}/logs/decode_captions/{{baseline}}/{{variant}}/{{split}}.log",
+        f"{R}/logs/decode_captions/{{baseline}}/{{variant}}/s{{seed}}/{{split}}.log",
     benchmark:
-        f"{R}/benchmarks/decode_captions/{{baseline}}/{{variant}}/{{split}}.tsv"
+        f"{R}/benchmarks/decode_captions/{{baseline}}/{{variant}}/s{{seed}}/{{split}}.tsv"
     conda:
         CORE_ENV
     threads: res("decode", "threads")

@@ -32,6 +32,7 @@ wildcard_constraints:
     split="train|val|test",
     stage="xe|scst",
     kind="grid|regions",
+    seed="[0-9]+",
     dataset="[a-z][a-z0-9_]*",
 
 
@@ -70,69 +71,81 @@ def selected_runs(task=None):
     return list(seen)
 
 
+def seeds(run):
+    """The training seeds of a run: `seeds.runs[run]`, else `seeds.default`."""
+    return list(config["seeds"]["runs"].get(run, config["seeds"]["default"]))
+
+
+def run_dir(run, seed):
+    """One trained replicate: results/<name>/runs/{task}/{baseline}/{variant}/s{seed}."""
+    return f"{R}/runs/{run}/s{seed}"
+
+
+def wildcard_run(wildcards):
+    return f"{wildcards.task}/{wildcards.baseline}/{wildcards.variant}"
+
+
 def caption_stage(baseline):
     """The last training stage of a captioning baseline: `scst` when it has one, else `xe`."""
     return "scst" if config["captioning"]["baselines"][baseline]["scst"] else "xe"
 
 
 def final_caption_model(wildcards):
-    return f"{R}/runs/captioning/{wildcards.baseline}/{wildcards.variant}/{caption_stage(wildcards.baseline)}/model.pt"
+    run = f"captioning/{wildcards.baseline}/{wildcards.variant}"
+    return f"{run_dir(run, wildcards.seed)}/{caption_stage(wildcards.baseline)}/model.pt"
 
 
-def metrics_path(run):
-    task, baseline, variant = run.split("/")
-    split = (
-        config["captioning"]["decode"]["split"]
-        if task == "captioning"
-        else config["vqa"]["eval_split"]
-    )
-    return f"{R}/runs/{run}/metrics_{split}.json"
-
-
-def history_paths(run):
-    """Every training stage's history.json of a run (XE, then SCST where there is one)."""
-    task, baseline, variant = run.split("/")
-    if task == "vqa":
-        return [f"{R}/runs/{run}/history.json"]
-    stages = ["xe", "scst"] if caption_stage(baseline) == "scst" else ["xe"]
-    return [f"{R}/runs/{run}/{stage}/history.json" for stage in stages]
-
-
-def benchmark_paths(run):
-    task, baseline, variant = run.split("/")
-    if task == "vqa":
-        return [f"{R}/benchmarks/train_vqa/{baseline}/{variant}.tsv"]
-    stages = ["xe", "scst"] if caption_stage(baseline) == "scst" else ["xe"]
-    return [f"{R}/benchmarks/train_captioner/{baseline}/{variant}/{stage}.tsv" for stage in stages]
+def eval_split(run):
+    task = run.split("/")[0]
+    return config["captioning"]["decode"]["split"] if task == "captioning" else config["vqa"][
+        "eval_split"
+    ]
 
 
 def stages(run):
-    """Training stages of a run, in order: ["xe"], ["xe", "scst"], or [""] for VQA."""
+    """Training stages of a run, in order: ["xe"], ["xe", "scst"], or ["train"] for VQA."""
     task, baseline, _ = run.split("/")
     if task == "vqa":
-        return [""]
+        return ["train"]
     return ["xe", "scst"] if caption_stage(baseline) == "scst" else ["xe"]
 
 
-def report_run_files():
-    """Per run: its metrics file and, per training stage, its history and benchmark files."""
-    return {
-        run: {
-            "metrics": metrics_path(run),
-            "histories": dict(zip(stages(run), history_paths(run))),
-            "benchmarks": dict(zip(stages(run), benchmark_paths(run))),
+def run_files(run, seed):
+    """The files the report reads of one replicate (mia.report's run-files layout)."""
+    task, baseline, variant = run.split("/")
+    d, split = run_dir(run, seed), eval_split(run)
+    if task == "vqa":
+        histories = {"train": f"{d}/history.json"}
+        benchmarks = {"train": f"{R}/benchmarks/train_vqa/{baseline}/{variant}/s{seed}.tsv"}
+        per_item = None
+    else:
+        histories = {st: f"{d}/{st}/history.json" for st in stages(run)}
+        benchmarks = {
+            st: f"{R}/benchmarks/train_captioner/{baseline}/{variant}/s{seed}/{st}.tsv"
+            for st in stages(run)
         }
-        for run in selected_runs()
+        per_item = f"{d}/per_image_{split}.json"
+    return {
+        "metrics": f"{d}/metrics_{split}.json",
+        "per_item": per_item,
+        "histories": histories,
+        "benchmarks": benchmarks,
     }
 
 
+def report_run_files():
+    """{run: {seed: files}} for every run of the selected tables."""
+    return {run: {seed: run_files(run, seed) for seed in seeds(run)} for run in selected_runs()}
+
+
 def report_inputs():
-    """Everything the report reads, keyed so the render script can find each run's files."""
-    runs = selected_runs()
+    """Every file the report reads, as one flat list per kind (Snakemake's inputs)."""
+    files = [f for per_seed in report_run_files().values() for f in per_seed.values()]
     return {
-        "metrics": [metrics_path(r) for r in runs],
-        "histories": [p for r in runs for p in history_paths(r)],
-        "benchmarks": [p for r in runs for p in benchmark_paths(r)],
+        "metrics": [f["metrics"] for f in files],
+        "per_item": [f["per_item"] for f in files if f["per_item"]],
+        "histories": [p for f in files for p in f["histories"].values()],
+        "benchmarks": [p for f in files for p in f["benchmarks"].values()],
     }
 
 

@@ -6,12 +6,12 @@ rule train_vqa:
     input:
         unpack(vqa_inputs),
     output:
-        model=f"{R}/runs/vqa/{{baseline}}/{{variant}}/model.pt",
-        history=f"{R}/runs/vqa/{{baseline}}/{{variant}}/history.json",
+        model=f"{R}/runs/vqa/{{baseline}}/{{variant}}/s{{seed}}/model.pt",
+        history=f"{R}/runs/vqa/{{baseline}}/{{variant}}/s{{seed}}/history.json",
     log:
-        f"{R}/logs/train_vqa/{{baseline}}/{{variant}}.log",
+        f"{R}/logs/train_vqa/{{baseline}}/{{variant}}/s{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/train_vqa/{{baseline}}/{{variant}}.tsv"
+        f"{R}/benchmarks/train_vqa/{{baseline}}/{{variant}}/s{{seed}}.tsv"
     retries: config["vqa"]["retries"]
     conda:
         CORE_ENV
@@ -23,7 +23,7 @@ rule train_vqa:
     params:
         model=config["vqa"]["model"],
         train=config["vqa"]["train"],
-        checkpoints=f"{R}/runs/vqa/{{baseline}}/{{variant}}/checkpoints",
+        checkpoints=f"{R}/runs/vqa/{{baseline}}/{{variant}}/s{{seed}}/checkpoints",
     script:
         "../workflow_scripts/train_vqa.py"
 
@@ -31,13 +31,13 @@ rule train_vqa:
 rule answer_vqa:
     input:
         unpack(vqa_inputs),
-        model=f"{R}/runs/vqa/{{baseline}}/{{variant}}/model.pt",
+        model=f"{R}/runs/vqa/{{baseline}}/{{variant}}/s{{seed}}/model.pt",
     output:
-        answers=f"{R}/runs/vqa/{{baseline}}/{{variant}}/answers_{{split}}.json",
+        answers=f"{R}/runs/vqa/{{baseline}}/{{variant}}/s{{seed}}/answers_{{split}}.json",
     log:
-        f"{R}/logs/answer_vqa/{{baseline}}/{{variant}}/{{split}}.log",
+        f"{R}/logs/answer_vqa/{{baseline}}/{{variant}}/s{{seed}}/{{split}}.log",
     benchmark:
-        f"{R}/benchmarks/answer_vqa/{{baseline}}/{{variant}}/{{split}}.tsv"
+        f"{R}/benchmarks/answer_vqa/{{baseline}}/{{variant}}/s{{seed}}/{{split}}.tsv"
     conda:
         CORE_ENV
     threads: res("decode", "threads")

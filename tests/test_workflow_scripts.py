@@ -62,10 +62,11 @@ def fake_snakemake(stores: dict[str, str], run_dir: Path, train: dict) -> Simple
     return SimpleNamespace(
         input=SimpleNamespace(**stores), rule="train_captioner", threads=1, attempt=1,
         output=SimpleNamespace(model=str(run_dir / "model.pt"),
-                               history=str(run_dir / "history.json")),
+                               history=str(run_dir / "history.json"),
+                               run=str(run_dir / "run.json")),
         params=SimpleNamespace(model=MODEL, train=train,
-                               checkpoints=str(run_dir / "checkpoints")),
-        wildcards=SimpleNamespace(baseline="visual_attention", variant="mia"),
+                               checkpoints=str(run_dir / "checkpoints"), images_root="images"),
+        wildcards=SimpleNamespace(baseline="visual_attention", variant="mia", seed="7"),
         log=[str(run_dir / "train.log")])
 
 

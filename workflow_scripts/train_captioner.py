@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from mia.captioning.config import CaptionerConfig, TrainConfig  # noqa: E402
 from mia.captioning.train import train_captioner  # noqa: E402
 from mia.data.loaders import CaptionData  # noqa: E402
+from mia.io import write_json  # noqa: E402
 from mia.training import RunDirectory, fingerprint, run_training_job  # noqa: E402
 
 torch.set_num_threads(smk.threads)
@@ -24,9 +25,14 @@ data = CaptionData.from_stores(smk.input.captions, smk.input.features, smk.input
 captioner = CaptionerConfig.from_dict(
     {**smk.params.model, "baseline": smk.wildcards.baseline, "variant": smk.wildcards.variant,
      "feature_dim": int(data.features.shape[2])}, "config captioning.model")
-cfg = TrainConfig.from_dict({**smk.params.train, "captioner": captioner}, "config captioning.train")
+cfg = TrainConfig.from_dict({**smk.params.train, "seed": int(smk.wildcards.seed),
+                             "captioner": captioner}, "config captioning.train")
 inputs = {"captions": smk.input.captions, "features": smk.input.features,
           "concepts": smk.input.concepts}
+# What `mia visualize attention --run DIR` needs to find this run's data again.
+write_json(smk.output.run, {"run": f"captioning/{captioner.baseline}/{captioner.variant}",
+                            "seed": cfg.seed, "inputs": inputs,
+                            "images_root": smk.params.images_root})
 run_dir = RunDirectory(smk.params.checkpoints, fingerprint(dataclasses.asdict(cfg), inputs))
 stores = ", ".join(f"{k} store {v}" for k, v in inputs.items())
 result = run_training_job(
