@@ -1,0 +1,283 @@
+"""Self-critical sequence training (SCST): the pieces one training step needs.
+
+What ruotianluo/self-critical.pytorch does (captioning/modules/loss_wrapper.py, losses.py
+``RewardCriterion``, utils/rewards.py, scripts/prepro_ngrams.py), reproduced here:
+
+* k = 5 captions sampled per image (multinomial, train mode, dropout on), with the
+  log-probability of every token, ``<eos>`` included, tokens after ``<eos>`` padded and masked;
+* baseline ``greedy`` ("sc", Rennie et al.): the greedy caption decoded in EVAL mode under
+  ``no_grad`` (then train mode again); or ``mean_of_others`` ("new self-critical"): for sample i
+  the mean score of the other k-1 samples of its image;
+* reward = CIDEr-D(sample) - baseline, the same number for every token of the sample;
+* loss = ``-sum(logp(token) * reward * mask) / sum(mask)``: one mean over every kept token of
+  the batch (not per caption), the mask keeping each caption up to and including ``<eos>``.
+
+The CIDEr-D reward (``get_self_critical_reward`` with ruotianluo/cider's ``CiderD``):
+
+* document frequencies and the log reference count come from the TRAINING references
+  (train + restval, ``prepro_ngrams.py --split train``), every caption with ALL its tokens
+  (uncut), words outside the vocabulary as the unknown token, and ``<eos>`` appended;
+* the references of a batch are the stored captions (cut at ``max_length`` = 16 words), written
+  as token ids up to and including the first end token (``array_to_str``): a caption shorter than
+  ``max_length`` ends with ``<eos>``, one of exactly ``max_length`` words has none;
+* candidates likewise: up to and including the first ``<eos>``; a sample that ran to the length
+  limit has no ``<eos>``;
+* so ``<eos>`` is an ordinary word for the n-grams ("w <eos>" bigrams reward good endings) and
+  for the length penalty; CIDEr-D itself is coco-caption's (sigma 6, clipped counts, x10).
+
+Here the scorer is :class:`mia.evaluation.cider.CiderD`, built ONCE per run from these
+references with the cached document frequencies (:func:`write_training_document_frequency`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mia.captioning.config import from_dict
+from mia.captioning.sampling import EOS, PAD, greedy_captions, sample_captions
+from mia.data.karpathy import KarpathyImage, read_karpathy
+from mia.evaluation.cider import CiderD, CiderDConfig, DocumentFrequency
+from mia.evaluation.cider_df import load_document_frequency, save_document_frequency
+
+EOS_WORD, UNK_WORD = "<eos>", "<unk>"
+Baseline = Literal["greedy", "mean_of_others"]
+
+
+@dataclass
+class SCSTConfig:
+    """One SCST phase (after cross-entropy training). Defaults: configs/updown/updown_sc.yml with
+    the reference's option defaults; the Transformer recipe differs in ``lr`` (1e-5),
+    ``lr_schedule`` ("plateau") and ``epochs`` (35)."""
+
+    samples_per_image: int = 5  # train_sample_n
+    baseline: Baseline = "greedy"  # "sc"; "mean_of_others" = new self-critical (nsc)
+    lr: float = 5e-5
+    epochs: int = 20  # self_critical_after 30 .. max_epochs 50
+    batch_size: int = 10  # images per step
+    max_length: int = 20  # tokens a sample may have, <eos> included (reference max_length)
+    temperature: float = 1.0
+    grad_clip_mode: Literal["value", "norm"] = "value"
+    grad_clip: float = 0.1  # 0 disables clipping
+    lr_schedule: Literal["constant", "plateau"] = "constant"
+    plateau_factor: float = 0.5  # reduce_on_plateau_factor, on validation CIDEr-D
+    plateau_patience: int = 3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    seed: int = 123
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]  # YAML gives a list
+        if self.baseline not in ("greedy", "mean_of_others"):
+            raise ValueError(f"scst.baseline: {self.baseline!r} is not 'greedy' or "
+                             "'mean_of_others'")
+        if self.samples_per_image < 1:
+            raise ValueError(f"scst.samples_per_image: must be >= 1, got "
+                             f"{self.samples_per_image}")
+        if self.baseline == "mean_of_others" and self.samples_per_image < 2:
+            raise ValueError("scst.baseline 'mean_of_others' needs samples_per_image >= 2")
+        for name in ("epochs", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"scst.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"scst.temperature: must be > 0, got {self.temperature}")
+        if self.grad_clip_mode not in ("value", "norm"):
+            raise ValueError(f"scst.grad_clip_mode: {self.grad_clip_mode!r} is not 'value' or "
+                             "'norm'")
+        if self.lr_schedule not in ("constant", "plateau"):
+            raise ValueError(f"scst.lr_schedule: {self.lr_schedule!r} is not 'constant' or "
+                             "'plateau'")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "scst") -> SCSTConfig:
+        return from_dict(cls, values, where)
+
+
+# ---------------------------------------------------------------------------- references
+
+
+def references_with_eos(references: Mapping[Hashable, Sequence[str]],
+                        max_length: int | None = None) -> dict[Hashable, list[str]]:
+    """The batch references of the reference's reward: each stored (space-joined) caption with
+    `` <eos>`` appended, except, when ``max_length`` is given, a caption of ``max_length`` words
+    or more (its label row was full, so ``array_to_str`` met no end token)."""
+    out: dict[Hashable, list[str]] = {}
+    for key, sentences in references.items():
+        out[key] = [s if max_length is not None and len(s.split()) >= max_length
+                    else f"{s} {EOS_WORD}".lstrip() for s in sentences]
+    return out
+
+
+def karpathy_training_references(images: Iterable[KarpathyImage], vocab: Sequence[str]
+                                 ) -> dict[int, list[str]]:
+    """``prepro_ngrams.py --split train``: every train/restval caption, all its tokens, words
+    outside ``vocab`` as ``<unk>``, then ``<eos>``; keyed by COCO id."""
+    known = set(vocab)
+    out: dict[int, list[str]] = {}
+    for img in images:
+        if img.split not in ("train", "restval"):
+            continue
+        out[img.cocoid] = [" ".join([t if t in known else UNK_WORD for t in s.tokens]
+                                    + [EOS_WORD]) for s in img.sentences]
+    if not out:
+        raise ValueError("no train/restval images: the document frequencies need training "
+                         "references")
+    return out
+
+
+def write_training_document_frequency(karpathy_json: str | os.PathLike, vocab: Sequence[str],
+                                      out_path: str | os.PathLike) -> DocumentFrequency:
+    """Compute the SCST document frequencies from ``dataset_coco.json`` and save them (once per
+    dataset and vocabulary; :func:`load_document_frequency` reads them back)."""
+    references = karpathy_training_references(read_karpathy(karpathy_json), vocab)
+    df = DocumentFrequency(references, CiderDConfig(), vocab=list(vocab))
+    save_document_frequency(
+        df, out_path, num_sentences=sum(map(len, references.values())),
+        source=f"{Path(karpathy_json).name}: train+restval captions, uncut, out-of-vocabulary "
+               f"words as {UNK_WORD}, {EOS_WORD} appended (prepro_ngrams.py --split train)")
+    return df
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def candidate_ids(tokens: Tensor) -> list[list[int]]:
+    """Rows of (N, T) token ids up to and including the first ``<eos>`` (all non-pad tokens
+    when there is none): what ``array_to_str`` writes."""
+    arr = tokens.detach().cpu().numpy()
+    is_eos = arr == EOS
+    lengths = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1) + 1, (arr != PAD).sum(axis=1))
+    return [row[:n].tolist() for row, n in zip(arr, lengths, strict=True)]
+
+
+class SCSTScorer:
+    """CIDEr-D rewards of token-id captions: built once per run, then one call per batch.
+
+    ``references``: ``{image_id: [caption with <eos> (see references_with_eos), ...]}`` of every
+    training image; ``document_frequency``: the training frequencies, made with the caption
+    vocabulary (so candidates can be token ids).
+    """
+
+    def __init__(self, references: Mapping[Hashable, Sequence[str]],
+                 document_frequency: DocumentFrequency) -> None:
+        if document_frequency.codec.vocab is None:
+            raise ValueError("SCSTScorer: the document frequencies carry no caption vocabulary; "
+                             "build them with vocab= (write_training_document_frequency does)")
+        self.vocab = document_frequency.codec.vocab
+        self.cider = CiderD(references, document_frequency=document_frequency)
+
+    @classmethod
+    def from_file(cls, references: Mapping[Hashable, Sequence[str]],
+                  df_path: str | os.PathLike, vocab: Sequence[str]) -> SCSTScorer:
+        return cls(references, load_document_frequency(df_path, vocab))
+
+    def __call__(self, image_ids: Sequence[Hashable], tokens: Tensor) -> np.ndarray:
+        """CIDEr-D (N,) float64 of each row of ``tokens`` (N, T) against its image's refs."""
+        return self.cider.score_batch(list(image_ids), candidate_ids(tokens))
+
+
+# ---------------------------------------------------------------------------- loss
+
+
+def token_mask(tokens: Tensor) -> Tensor:
+    """(N, T) bool: True up to and including the first ``<eos>`` (RewardCriterion's mask)."""
+    is_eos = (tokens == EOS).long()
+    return (is_eos.cumsum(dim=1) - is_eos) == 0
+
+
+def baseline_scores(sample_scores: np.ndarray, kind: Baseline,
+                    greedy_scores: np.ndarray | None = None) -> np.ndarray:
+    """Baseline (B, k) for sample scores (B, k): the image's greedy score, or the mean of the
+    other k-1 samples' scores."""
+    b, k = sample_scores.shape
+    if kind == "greedy":
+        if greedy_scores is None or greedy_scores.shape != (b,):
+            raise ValueError(f"greedy baseline needs ({b},) greedy scores")
+        return np.repeat(greedy_scores[:, None], k, axis=1)
+    if kind == "mean_of_others":
+        if k < 2:
+            raise ValueError("mean_of_others needs at least 2 samples per image")
+        return (sample_scores.sum(axis=1, keepdims=True) - sample_scores) / (k - 1)
+    raise ValueError(f"unknown SCST baseline {kind!r}")
+
+
+def reward_loss(log_probs: Tensor, mask: Tensor, rewards: Tensor) -> Tensor:
+    """``-sum(logp * reward * mask) / sum(mask)``: log_probs, mask (N, T), rewards (N,)."""
+    weights = mask.to(log_probs.dtype)
+    total = -(log_probs * rewards.to(log_probs.dtype).unsqueeze(1) * weights).sum()
+    return total / weights.sum().clamp(min=1.0)
+
+
+@dataclass
+class SCSTStats:
+    """Means over the step's samples; ``greedy_cider`` is NaN under ``mean_of_others``."""
+
+    loss: float
+    reward: float
+    baseline: float
+    sample_cider: float
+    greedy_cider: float
+    sample_tokens: float  # tokens per sample, <eos> included
+    reward_ms: float  # CIDEr-D scoring time
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+def scst_step(model: nn.Module, batch: dict[str, Tensor], scorer: SCSTScorer, cfg: SCSTConfig,
+              generator: torch.Generator | None = None) -> tuple[Tensor, SCSTStats]:
+    """The SCST loss of one image batch (call ``backward`` on it) and its statistics.
+
+    The model is sampled in the mode it is in (train); the greedy baseline is decoded in eval
+    mode without a graph and the mode restored. ``generator`` seeds the sampling.
+    """
+    k = cfg.samples_per_image
+    image_ids = batch["image_ids"].tolist()
+    greedy = None
+    if cfg.baseline == "greedy":
+        greedy = greedy_captions(model, batch, cfg.max_length)
+    samples = sample_captions(model, batch, k, cfg.max_length, cfg.temperature, generator)
+
+    start = time.perf_counter()
+    keys = [i for i in image_ids for _ in range(k)]
+    sample_scores = scorer(keys, samples.tokens).reshape(len(image_ids), k)
+    greedy_scores = None if greedy is None else scorer(image_ids, greedy.tokens)
+    reward_ms = (time.perf_counter() - start) * 1e3
+
+    baseline = baseline_scores(sample_scores, cfg.baseline, greedy_scores)
+    rewards = sample_scores - baseline  # (B, k)
+    loss = reward_loss(samples.log_probs, samples.mask,
+                       torch.from_numpy(rewards.reshape(-1)).to(samples.log_probs.device))
+    stats = SCSTStats(
+        loss=float(loss.detach()), reward=float(rewards.mean()), baseline=float(baseline.mean()),
+        sample_cider=float(sample_scores.mean()),
+        greedy_cider=math.nan if greedy_scores is None else float(greedy_scores.mean()),
+        sample_tokens=float(samples.lengths.float().mean()), reward_ms=reward_ms)
+    return loss, stats
+
+
+def clip_gradients(parameters: Iterable[nn.Parameter], cfg: SCSTConfig) -> None:
+    """The reference's ``clip_grad_{value,norm}_(params, grad_clip_value)``."""
+    if cfg.grad_clip <= 0:
+        return
+    params = [p for p in parameters if p.grad is not None]
+    if cfg.grad_clip_mode == "value":
+        torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+
+
+def stored_training_references(data: Any, max_length: int) -> dict[Hashable, list[str]]:
+    """The batch references of every training image of a ``CaptionData`` (its ``references``
+    cut at the store's ``max_length``), with the end-token convention above."""
+    return references_with_eos(data.references("train"), max_length)
