@@ -273,10 +273,85 @@ class CaptionData:
         return dict(out)
 
 
-class VQAData:
-    """VQA questions aligned by image id with region features; soft targets made per batch."""
+class BoxTable:
+    """Region boxes as BAN's counting module reads them: x1, y1, x2, y2 divided by the image's
+    width and height (so within [0, 1]), float32, held in RAM (123,287 x 36 x 4 x 4 bytes = 71 MB).
 
-    def __init__(self, vqa_path: Path, features: FeatureTable, cfg: LoaderConfig) -> None:
+    Padded box rows of the store (past ``num_boxes``) stay whatever the store holds (zeros for
+    TSV/detectron2 stores); ``feature_mask`` says which rows are real.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        with open_store(self.path, "region_features") as f:
+            missing = [n for n in ("boxes", "image_w", "image_h") if n not in f]
+            if missing:
+                raise StoreError(f"{self.path}: region store lacks {missing}; docs/CONTRACTS.md "
+                                 "requires boxes, image_w and image_h: rebuild the store")
+            self.image_ids = f["image_ids"][()]
+            boxes = f["boxes"][()].astype(np.float32)  # (N, n, 4) pixels
+            width = f["image_w"][()].astype(np.float32)  # (N,)
+            height = f["image_h"][()].astype(np.float32)
+        bad = (width <= 0) | (height <= 0)
+        if bad.any():
+            raise StoreError(f"{self.path}: image {int(self.image_ids[np.argmax(bad)])} has size "
+                             f"{width[np.argmax(bad)]:g} x {height[np.argmax(bad)]:g}; boxes "
+                             "cannot be normalised: rebuild the store")
+        scale = np.stack([width, height, width, height], axis=1)[:, None, :]  # (N, 1, 4)
+        self._boxes = torch.from_numpy(boxes / scale)  # (N, n, 4)
+        self.shape = tuple(self._boxes.shape)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BoxTable | None:
+        """The boxes of region store ``path``, or None when it has no boxes/image sizes (the
+        batches then carry no ``boxes``, and a model that counts says so)."""
+        with open_store(path) as f:
+            complete = all(n in f for n in ("boxes", "image_w", "image_h"))
+        return cls(path) if complete else None
+
+    def gather(self, rows: np.ndarray) -> torch.Tensor:
+        """``boxes`` (B, n, 4) float32 of store rows ``rows``."""
+        return self._boxes.index_select(0, torch.from_numpy(rows))
+
+
+class ConceptIdTable:
+    """Top-k concepts per image as ids into the store's OWN ``concept_words``.
+
+    VQA models embed concepts with a table over ``concept_words`` (``mia.vqa.image``), not the
+    question vocabulary, so no mapping is made; padded slots (-1) become id 0 with mask False.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        with open_store(self.path, "concepts") as f:
+            self.image_ids = f["image_ids"][()]
+            ids = f["concept_ids"][()].astype(np.int64)
+            words = read_attrs(f).get("concept_words")
+        if not isinstance(words, list):
+            raise StoreError(f"{self.path}: attribute 'concept_words' is missing or not a list")
+        if ids.size and ids.max() >= len(words):
+            raise StoreError(f"{self.path}: concept id {int(ids.max())} is out of range for "
+                             f"{len(words)} concept_words")
+        self.words: list[str] = [str(w) for w in words]
+        self._ids = torch.from_numpy(np.where(ids >= 0, ids, 0))  # (N, k) int64
+        self._mask = torch.from_numpy(ids >= 0)
+
+    def gather(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``concepts`` (B, k) int64 ids into ``words`` and ``concept_mask`` (B, k) bool."""
+        index = torch.from_numpy(rows)
+        return self._ids[index], self._mask[index]
+
+
+class VQAData:
+    """VQA questions aligned by image id with region features; soft targets made per batch.
+
+    Batches also carry ``boxes`` (B, n, 4), normalised, when the region store has boxes and
+    image sizes, and ``concepts``/``concept_mask`` (B, k) ids into ``concept_words`` when a
+    concept store is given (the MIA variants need them).
+    """
+
+    def __init__(self, vqa_path: Path, features: FeatureTable, cfg: LoaderConfig,
+                 boxes: BoxTable | None = None, concepts: ConceptIdTable | None = None) -> None:
         with open_store(vqa_path, "vqa") as f:
             self.image_ids = f["image_ids"][()]
             self.question_ids = f["question_ids"][()]
@@ -295,12 +370,32 @@ class VQAData:
         self._feature_rows = image_rows[self._question_image]  # (Q,) row in the feature store
         self._qids = torch.from_numpy(self.question_ids.astype(np.int64))
         self._image_of_question = torch.from_numpy(self.image_ids[self._question_image])
+        self.boxes = boxes
+        self._box_rows = None
+        if boxes is not None:
+            if boxes.shape[1] != features.shape[1]:
+                raise StoreError(f"{boxes.path}: {boxes.shape[1]} boxes per image but "
+                                 f"{features.shape[1]} feature rows in {features.path}")
+            self._box_rows = align_rows(boxes.image_ids, self.image_ids, boxes.path,
+                                        vqa_path.name)[self._question_image]
+        self.concepts = concepts
+        self._concept_rows = (None if concepts is None else align_rows(
+            concepts.image_ids, self.image_ids, concepts.path, vqa_path.name)[self._question_image])
 
     @classmethod
     def from_stores(cls, vqa_h5: str | os.PathLike, regions_h5: str | os.PathLike,
-                    cfg: LoaderConfig = LoaderConfig()) -> VQAData:
+                    cfg: LoaderConfig = LoaderConfig(),
+                    concepts_h5: str | os.PathLike | None = None) -> VQAData:
+        """Load ``vqa.h5``, a region store (its boxes too, when it has them) and, optionally, a
+        concept store."""
         features = FeatureTable(regions_h5, cfg.in_memory, cfg.float32_features)
-        return cls(Path(vqa_h5), features, cfg)
+        concepts = None if concepts_h5 is None else ConceptIdTable(concepts_h5)
+        return cls(Path(vqa_h5), features, cfg, BoxTable.load(regions_h5), concepts)
+
+    @property
+    def concept_words(self) -> list[str] | None:
+        """The concept store's vocabulary (``concepts`` index it), or None without one."""
+        return None if self.concepts is None else self.concepts.words
 
     @property
     def n_answers(self) -> int:
@@ -315,7 +410,8 @@ class VQAData:
         return -(-len(self.split_rows(splits)) // batch_size)
 
     def question_batch(self, rows: np.ndarray) -> Batch:
-        """Tensors of question rows: ids, questions, features + mask and dense soft ``target``."""
+        """Tensors of question rows: ids, questions, features + mask, dense soft ``target``, and
+        ``boxes`` and ``concepts`` + ``concept_mask`` where available."""
         index = torch.from_numpy(rows)
         feats, mask = self.features.gather(self._feature_rows[rows])
         labels = self._labels[index]  # (B, 10), -1 pads
@@ -323,9 +419,15 @@ class VQAData:
         target = torch.zeros(len(rows), self.n_answers)
         # scatter_add_ (not scatter_): padded slots add 0 to column 0 instead of overwriting it
         target.scatter_add_(1, labels.clamp(min=0), self._scores[index] * valid)
-        return {"question_ids": self._qids[index], "image_ids": self._image_of_question[index],
-                "questions": self._questions[index], "features": feats, "feature_mask": mask,
-                "target": target}
+        batch = {"question_ids": self._qids[index], "image_ids": self._image_of_question[index],
+                 "questions": self._questions[index], "features": feats, "feature_mask": mask,
+                 "target": target}
+        if self.boxes is not None:
+            batch["boxes"] = self.boxes.gather(self._box_rows[rows])
+        if self.concepts is not None:
+            batch["concepts"], batch["concept_mask"] = self.concepts.gather(
+                self._concept_rows[rows])
+        return batch
 
     def train_batches(self, epoch: int, batch_size: int, seed: int, start: int = 0,
                       splits: Sequence[str] = ("train",)) -> Iterator[Batch]:
