@@ -26,7 +26,15 @@ import torch
 from torch.utils.data import Dataset
 
 from mia.data.karpathy import SPLIT_CODES
-from mia.data.store import StoreError, open_store, read_attrs
+from mia.data.store import (
+    StoreError,
+    open_store,
+    read_attrs,
+    read_dataset,
+    rebuild_hint,
+    require_dataset,
+    verify_dataset,
+)
 from mia.data.vocab import Vocabulary
 
 Batch = dict[str, torch.Tensor]
@@ -100,24 +108,36 @@ class FeatureTable:
                  float32: bool = True) -> None:
         self.path = Path(path)
         self.float32 = float32
-        self._file = open_store(self.path)
+        self._file = open_store(self.path)  # checks ids, checksums of small datasets, samples
+        try:
+            self._load(in_memory)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _load(self, in_memory: bool) -> None:
         kind = self._file.attrs.get("kind")
         if kind not in _FEATURE_KINDS:
-            self._file.close()
             raise StoreError(f"{self.path}: store kind is {kind!r}, expected one of {_FEATURE_KINDS}")
         self.kind = str(kind)
         self.image_ids = self._file["image_ids"][()]
-        dataset = self._file["features"]
+        dataset = require_dataset(self._file, "features", self.path)
+        if dataset.ndim != 3:
+            raise StoreError(f"{self.path}: dataset 'features' has shape {dataset.shape}, expected "
+                             f"(N, n, C); {rebuild_hint(self.path, kind)}")
         self.shape = tuple(dataset.shape)  # (N, n, C)
         n = self.shape[1]
         # Rows past ``num_boxes`` are masked out when they are zeros (TSV, detectron2); stores
         # pooled on given boxes pad with real whole-image and grid-cell features, kept visible.
         real_padding = self._file.attrs.get("padding") == "whole_image_and_grid"
-        counts = (self._file["num_boxes"][()] if "num_boxes" in self._file and not real_padding
-                  else np.full(len(self.image_ids), n))
+        counts = (read_dataset(self._file, "num_boxes") if "num_boxes" in self._file
+                  and not real_padding else np.full(len(self.image_ids), n))
         self._mask = torch.from_numpy(np.arange(n)[None, :] < counts[:, None])  # (N, n) bool
         if in_memory:
-            self._features: torch.Tensor | None = torch.from_numpy(dataset[()])
+            features = read_dataset(self._file, "features")
+            # Read whole anyway: hashing it (~1.7 GB/s) checks every row, not just a sample.
+            verify_dataset(self._file, "features", features)
+            self._features: torch.Tensor | None = torch.from_numpy(features)
             self._file.close()
             self._dataset = None
         else:
@@ -137,7 +157,18 @@ class FeatureTable:
         unique, inverse = np.unique(rows, return_inverse=True)
         out = np.empty((len(unique), *self.shape[1:]), dtype=self._dataset.dtype)
         for k, row in enumerate(unique):
-            self._dataset.read_direct(out, np.s_[row], np.s_[k])
+            try:
+                self._dataset.read_direct(out, np.s_[row], np.s_[k])
+            except (OSError, RuntimeError) as err:
+                raise StoreError(f"{self.path}: dataset 'features' row {row} cannot be read "
+                                 f"({err}); {rebuild_hint(self.path, self.kind)}") from err
+        # Out of core only sampled rows were checked on open: a NaN row stops here, by name.
+        bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+        if bad.any():
+            row = int(unique[np.argmax(bad)])
+            raise StoreError(f"{self.path}: dataset 'features' row {row} (image_id "
+                             f"{int(self.image_ids[row])}) holds NaN or inf values; the file is "
+                             f"damaged: {rebuild_hint(self.path, self.kind)}")
         return out[inverse]
 
 

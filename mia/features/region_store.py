@@ -56,6 +56,7 @@ class RegionStoreWriter:
         self.max_boxes = max_boxes
         self.rows = rows
         self.count = 0  # rows written
+        self._seen: set[int] = set()  # image ids written: a duplicate stops the run at once
         self.filled: np.ndarray | None = None if rows is None else np.zeros(rows, dtype=bool)
         f.attrs["source"] = source
         f.attrs["max_boxes"] = max_boxes
@@ -90,9 +91,18 @@ class RegionStoreWriter:
         if features.ndim != 2 or features.shape[1] != channels or len(boxes) != len(features):
             raise ValueError(f"image_id {image_id}: features {features.shape} / boxes "
                              f"{boxes.shape} do not fit ({b}, {channels}) / ({b}, 4)")
+        if int(image_id) in self._seen:
+            raise ValueError(f"image_id {image_id} is written to the region store twice; every "
+                             f"image must appear once (check the image list for duplicates)")
         n = min(len(features), b)
         feats = np.zeros((b, channels), dtype=np.float16)
-        feats[:n] = features[:n]
+        with np.errstate(over="ignore"):
+            feats[:n] = features[:n]
+        if not np.isfinite(feats).all():
+            why = ("overflow float16 (|x| > 65504)" if np.isfinite(features).all()
+                   else "hold NaN or inf")
+            raise ValueError(f"image_id {image_id}: features {why}; refusing to store values "
+                             f"that would train with loss=nan")
         padded = np.zeros((b, 4), dtype=np.float32)
         padded[:n] = boxes[:n]
         if row is None:
@@ -108,6 +118,7 @@ class RegionStoreWriter:
         self.f["num_boxes"][row] = min(num_boxes, b)
         self.f["image_w"][row] = image_w
         self.f["image_h"][row] = image_h
+        self._seen.add(int(image_id))
         self.count += 1
 
     def finish(self, skipped: Sequence[dict] = ()) -> None:
