@@ -6,6 +6,8 @@ so the tests can assert what the client asked for (resume offsets, no request at
 
 from __future__ import annotations
 
+import builtins
+import errno
 import hashlib
 import io
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import mia.data.download as dl
 from mia.data.download import (
     ChecksumError,
     DownloadConfig,
@@ -46,6 +49,9 @@ class ServerState:
     cut_times: int = 0  # ... on this many requests
     ignore_range: bool = False
     status: int | None = None  # answer every request with this error status
+    status_times: int | None = None  # ... only on this many requests (None: all of them)
+    length_delta: int = 0  # announce Content-Length this many bytes off the real body
+    redirect_loop: bool = False  # every request is redirected to another path, forever
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -61,8 +67,18 @@ class _Handler(BaseHTTPRequestHandler):
             cut = state.cut_after if state.cut_times > 0 else None
             if cut is not None:
                 state.cut_times -= 1
-        if state.status is not None:
-            self.send_error(state.status)
+            status = state.status if state.status_times is None or state.status_times > 0 \
+                else None
+            if state.status_times:
+                state.status_times -= 1
+        if status is not None:
+            self.send_error(status)
+            return
+        if state.redirect_loop:
+            self.send_response(302)
+            self.send_header("Location", f"/hop{len(state.requests)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         data = state.files.get(self.path)
         if data is None:
@@ -82,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         if code == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) + state.length_delta))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         if cut is not None:
@@ -376,3 +392,137 @@ def test_file_url_download_with_stale_part(tmp_path):
     (tmp_path / "out.zip.part").write_bytes(b"stale")
     out = download(DownloadSpec(src.as_uri(), _sha(data)), tmp_path / "out.zip", FAST)
     assert out.read_bytes() == data and not (tmp_path / "out.zip.part").exists()
+
+
+# --------------------------------------------------------------------------- faults (RELIABILITY.md)
+
+
+def test_leftover_part_with_wrong_bytes_restarts_instead_of_being_kept(server, tmp_path):
+    """A .part from another version of the file (or damaged on disk): resuming from it gives
+    a wrong file, which fails its checksum; the wrong bytes are dropped and the file is
+    fetched whole, once."""
+    state, base = server
+    data = _zip(_payload())
+    state.files["/a.zip"] = data
+    (tmp_path / "a.zip.part").write_bytes(b"\x00" * 12_345)  # right length, wrong bytes
+    out = download(DownloadSpec(f"{base}/a.zip", _sha(data)), tmp_path / "a.zip", FAST)
+    assert out.read_bytes() == data and not (tmp_path / "a.zip.part").exists()
+    assert state.requests == [("/a.zip", "bytes=12345-"), ("/a.zip", None)]
+
+
+def test_complete_length_part_with_wrong_bytes_restarts(server, tmp_path):
+    state, base = server
+    data = b"0123456789" * 1000
+    state.files["/f"] = data
+    (tmp_path / "f.part").write_bytes(b"9" * len(data))  # the server answers 416: nothing left
+    download(DownloadSpec(f"{base}/f", _sha(data)), tmp_path / "f", FAST)
+    assert state.requests == [("/f", "bytes=10000-"), ("/f", None)]
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_wrong_part_and_wrong_server_bytes_fail_after_one_restart(server, tmp_path):
+    state, base = server
+    state.files["/f"] = b"served" * 1000
+    (tmp_path / "f.part").write_bytes(b"old" * 100)
+    pinned = _sha(b"what the publisher released")
+    with pytest.raises(ChecksumError) as err:
+        download(DownloadSpec(f"{base}/f", pinned), tmp_path / "f", FAST)
+    assert pinned in str(err.value) and _sha(b"served" * 1000) in str(err.value)
+    assert len(state.requests) == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_server_closing_mid_transfer_every_time_keeps_part_for_next_run(server, tmp_path):
+    state, base = server
+    data = bytes(range(256)) * 400
+    state.files["/f"] = data
+    state.cut_after, state.cut_times = 10_000, 3  # each of the 3 attempts gets 10,000 more
+    with pytest.raises(DownloadError, match="giving up after 3 attempts") as err:
+        download(DownloadSpec(f"{base}/f", _sha(data)), tmp_path / "f", FAST)
+    assert "30000 bytes" in str(err.value) and "resumes" in str(err.value)
+    assert not (tmp_path / "f").exists() and (tmp_path / "f.part").stat().st_size == 30_000
+    download(DownloadSpec(f"{base}/f", _sha(data)), tmp_path / "f", FAST)  # the next run
+    assert state.requests[-1] == ("/f", "bytes=30000-")
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_content_length_larger_than_body_resumes_and_verifies(server, tmp_path):
+    state, base = server
+    data = b"x" * 5000 + b"y" * 5000
+    state.files["/f"] = data
+    state.length_delta = 100  # announces 100 bytes it never sends
+    download(DownloadSpec(f"{base}/f", _sha(data)), tmp_path / "f", FAST)
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_content_length_smaller_than_body_fails_checksum_naming_digests(server, tmp_path):
+    state, base = server
+    data = b"z" * 10_000
+    state.files["/f"] = data
+    state.length_delta = -100  # the client reads 100 bytes short
+    with pytest.raises(ChecksumError) as err:
+        download(DownloadSpec(f"{base}/f", _sha(data)), tmp_path / "f", FAST)
+    assert f"expected {_sha(data)}, got {_sha(data[:-100])}" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_server_error_retried_then_succeeds(server, tmp_path, status):
+    state, base = server
+    state.files["/f"] = b"ok" * 100
+    state.status, state.status_times = status, 2
+    download(DownloadSpec(f"{base}/f", _sha(b"ok" * 100)), tmp_path / "f", FAST)
+    assert len(state.requests) == 3 and (tmp_path / "f").read_bytes() == b"ok" * 100
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 410])
+def test_client_error_not_retried(server, tmp_path, status):
+    state, base = server
+    state.status = status
+    with pytest.raises(DownloadError, match=f"HTTP {status} .*check the URL"):
+        download(DownloadSpec(f"{base}/f", _sha(b"")), tmp_path / "f", FAST)
+    assert len(state.requests) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_redirect_loop_named(server, tmp_path):
+    state, base = server
+    state.redirect_loop = True
+    with pytest.raises(DownloadError, match="too many redirects.*HTTP 302 to '/hop") as err:
+        download(DownloadSpec(f"{base}/f", _sha(b"")), tmp_path / "f", FAST)
+    assert f"{base}/f" in str(err.value) and len(state.requests) <= 11
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_leaves_no_final_file_and_resumable_part(server, tmp_path, monkeypatch):
+    """ENOSPC while writing (a full scratch disk): a clear error, no file at the final name,
+    the bytes written so far kept for the next run."""
+    state, base = server
+    data = bytes(range(256)) * 200
+    state.files["/f"] = data
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, chunk):
+            if self.written + len(chunk) > 20_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(chunk)
+            return self.f.write(chunk)
+
+    def full_open(*args, **kwargs):
+        return Full(builtins.open(*args, **kwargs))  # noqa: SIM115 (closed by Full.__exit__)
+
+    monkeypatch.setattr(dl, "open", full_open, raising=False)
+    with pytest.raises(DownloadError, match="no space left on the disk") as err:
+        download(DownloadSpec(f"{base}/f", _sha(data)), tmp_path / "f", FAST)
+    assert "16384 bytes" in str(err.value) and len(state.requests) == 1  # not retried
+    assert not (tmp_path / "f").exists() and (tmp_path / "f.part").stat().st_size == 16_384
+    monkeypatch.undo()
+    download(DownloadSpec(f"{base}/f", _sha(data)), tmp_path / "f", FAST)
+    assert state.requests[-1] == ("/f", "bytes=16384-") and (tmp_path / "f").read_bytes() == data

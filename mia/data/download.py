@@ -11,9 +11,13 @@ Standard library (urllib, zipfile, tarfile) plus tqdm only, so it runs on bare c
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gzip
 import hashlib
 import http.client
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -25,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -126,8 +131,16 @@ def download(spec: DownloadSpec, dest: str | os.PathLike | None = None,
         log.warning("%s: present but its %s differs from the pin; downloading again", dest, algo)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    _fetch_with_retries(spec.url, part, cfg)
+    resumed = _fetch_with_retries(spec.url, part, cfg)
     actual = file_digest(part, algo, cfg.chunk_size)
+    if actual != expected and resumed:
+        # Bytes kept from an earlier transfer (a .part of another version, a disk error) spoil
+        # the result however good the rest is: they must not be kept, so start over once.
+        log.warning("%s: %s resumed from earlier bytes fails its %s check; those bytes were "
+                    "wrong: downloading again from the start", spec.url, part, algo)
+        part.unlink(missing_ok=True)
+        _fetch_with_retries(spec.url, part, cfg)
+        actual = file_digest(part, algo, cfg.chunk_size)
     if actual != expected:
         part.unlink(missing_ok=True)
         raise ChecksumError(
@@ -145,10 +158,13 @@ def _maybe_extract(spec: DownloadSpec, archive: Path) -> None:
         safe_extract(archive, spec.extract_to)
 
 
-def _fetch_with_retries(url: str, part: Path, cfg: DownloadConfig) -> None:
+def _fetch_with_retries(url: str, part: Path, cfg: DownloadConfig) -> bool:
+    """Fill ``part`` with the whole remote file; whether any bytes were kept from before
+    (a leftover ``.part`` or an attempt broken midway), which the checksum then judges."""
     if cfg.attempts < 1:
         raise ValueError(f"DownloadConfig.attempts must be >= 1, got {cfg.attempts}")
     last: Exception | None = None
+    resumed = False
     for attempt in range(cfg.attempts):
         if attempt:
             delay = min(cfg.max_delay, cfg.base_delay * 2 ** (attempt - 1))
@@ -156,9 +172,13 @@ def _fetch_with_retries(url: str, part: Path, cfg: DownloadConfig) -> None:
                         cfg.attempts, last, delay)
             time.sleep(delay)
         try:
-            _fetch_once(url, part, cfg)
-            return
+            resumed |= _fetch_once(url, part, cfg)
+            return resumed
         except urllib.error.HTTPError as err:
+            if 300 <= err.code < 400:
+                raise DownloadError(f"{url}: too many redirects (a redirect loop; the last was "
+                                    f"HTTP {err.code} to {err.headers.get('Location')!r}); "
+                                    f"check the URL in the config (not retried)") from err
             if err.code not in _RETRY_STATUS:
                 raise DownloadError(f"{url}: HTTP {err.code} {err.reason}; check the URL in the "
                                     f"config (not retried)") from err
@@ -166,6 +186,14 @@ def _fetch_with_retries(url: str, part: Path, cfg: DownloadConfig) -> None:
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
                 TimeoutError, _Incomplete) as err:
             last = err
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            kept = part.stat().st_size if part.exists() else 0
+            raise DownloadError(f"{url}: no space left on the disk of {part} ({err.strerror}) "
+                                f"after {kept} bytes; nothing was written to {part.name[:-5]}. "
+                                f"Free space and run again: the download resumes from the "
+                                f"kept bytes") from err
     kept = part.stat().st_size if part.exists() else 0
     raise DownloadError(f"{url}: giving up after {cfg.attempts} attempts; last error: {last}. "
                         f"Check the network or the URL and run again: the {kept} bytes in "
@@ -176,8 +204,9 @@ class _Incomplete(Exception):
     """The server closed the connection before sending everything it announced."""
 
 
-def _fetch_once(url: str, part: Path, cfg: DownloadConfig) -> None:
-    """One request: continue ``part`` from its size, or restart when the server will not."""
+def _fetch_once(url: str, part: Path, cfg: DownloadConfig) -> bool:
+    """One request: continue ``part`` from its size, or restart when the server will not.
+    Returns whether earlier bytes of ``part`` were kept."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "mia-repro-download/1", "Accept-Encoding": "identity"}
     if offset:
@@ -192,7 +221,7 @@ def _fetch_once(url: str, part: Path, cfg: DownloadConfig) -> None:
             total = _total_from_content_range(err.headers.get("Content-Range"))
             err.close()
             if total is not None and total == offset:
-                return
+                return True
             log.warning("%s: %s (%d bytes) does not fit the remote file; restarting", url, part,
                         offset)
             part.unlink()
@@ -232,6 +261,7 @@ def _fetch_once(url: str, part: Path, cfg: DownloadConfig) -> None:
                 bar.update(len(chunk))
     if expected_total is not None and received < expected_total:
         raise _Incomplete(f"connection closed after {received} of {expected_total} bytes")
+    return mode == "ab"
 
 
 def _parse_content_range(value: str | None, url: str) -> tuple[int, int | None]:
@@ -250,38 +280,82 @@ def _total_from_content_range(value: str | None) -> int | None:
 # --------------------------------------------------------------------------- extraction
 
 
+class CorruptArchiveError(UnsafeArchiveError):
+    """The archive cannot be read to its end (truncated, bit-flipped); nothing was extracted."""
+
+
 def safe_extract(archive: str | os.PathLike, target: str | os.PathLike,
                  members: Sequence[str] | None = None) -> Path:
     """Unpack a zip or tar(.gz/.bz2/.xz) into ``target``, refusing it whole if any member escapes.
 
-    Every member is checked before anything is written: absolute paths, ``..`` that climbs out,
-    links pointing out (or members placed under a link), and special files are refused. The
-    archive is unpacked into a temporary folder beside ``target`` and its top-level entries are
-    then renamed into ``target`` (merging into existing folders), so an interrupted run leaves no
-    half-written file under ``target``. ``members`` limits extraction to those names (and
-    everything below them).
+    Every member is checked before anything is written. The whole archive is refused for: an
+    absolute name or a ``..`` in a name; a device, fifo or other special file; a name that
+    appears twice (a later copy could replace a checked member by a link); a member placed under
+    a link or a file; a symbolic link whose target leaves ``target``, or passes through a link
+    (of the archive or already in ``target``) on its way: a chain ``l2 -> d/..``,
+    ``l1 -> l2/..`` climbs one level per link, which no look at one link's own text can see; a
+    hard link to anything but a regular file of the archive. Links that stay inside and point
+    at real folders and files are kept: the paper's archives (COCO images and annotations, VQA,
+    Karpathy's split, GloVe, bottom-up features) are plain files and folders, but archives made
+    by hand with ``tar`` often hold such links.
+
+    The archive is unpacked into a temporary folder beside ``target``; there every link is
+    resolved on disk and must stay inside (a second, independent check), and only then are its
+    top-level entries renamed into ``target`` (merging into existing folders), so a refused or
+    interrupted run leaves nothing under ``target`` and nothing beside it. ``members`` limits
+    extraction to those names (and everything below them).
     """
     archive, target = Path(archive), Path(target)
+    if not archive.is_file():
+        raise FileNotFoundError(f"{archive}: archive not found; download it first")
     if zipfile.is_zipfile(archive):
-        opener = _ZipArchive
+        opener: type[_ZipArchive] | type[_TarArchive] = _ZipArchive
     elif tarfile.is_tarfile(archive):
         opener = _TarArchive
     else:
         raise UnsafeArchiveError(f"{archive}: neither a zip nor a tar archive; delete it and "
                                  f"download it again")
-    with opener(archive) as arc:
-        entries = arc.entries()
-        selected = _select(entries, members, archive)
-        _check_members(selected, archive)
-        target.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name or 'extract'}.", suffix=".tmp",
-                                    dir=target.resolve().parent))
-        try:
-            arc.extract(selected, tmp)
-            _move_into(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    made: list[Path] = []
+    try:
+        with opener(archive) as arc:
+            entries = arc.entries()
+            selected = _select(entries, members, archive)
+            _check_members(selected, archive, target)
+            _check_space(selected, archive, target)
+            made = _make_folders(target)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name or 'extract'}.", suffix=".tmp",
+                                        dir=target.resolve().parent))
+            try:
+                arc.extract(selected, tmp)
+                _audit(tmp, archive)
+                _move_into(tmp, target)
+                made = []
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                for folder in reversed(made):  # refused: not even an empty target is left
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+    except tarfile.FilterError as err:
+        raise UnsafeArchiveError(f"{archive}: {err}; refusing to extract it") from err
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
+            gzip.BadGzipFile) as err:
+        raise CorruptArchiveError(f"{archive}: the archive is damaged ({type(err).__name__}: "
+                                  f"{err}); nothing was extracted. Delete it and download it "
+                                  f"again") from err
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"no space left extracting {archive} into {target} "
+                                     f"({err.strerror}); nothing was extracted. Free space (or "
+                                     f"point data.root elsewhere) and run again") from err
+        raise
     return target
+
+
+def _make_folders(target: Path) -> list[Path]:
+    """``mkdir -p target``; the folders it created, outermost first."""
+    missing = [p for p in (target, *target.parents) if not p.exists()]
+    target.mkdir(parents=True, exist_ok=True)
+    return list(reversed(missing))
 
 
 @dataclass(frozen=True)
@@ -290,6 +364,7 @@ class _Entry:
     kind: str  # file, dir, symlink, hardlink, other
     link: str = ""  # link target for symlink/hardlink
     raw: object = None  # ZipInfo or TarInfo
+    size: int = 0  # bytes once extracted (regular files)
 
 
 def _select(entries: list[_Entry], members: Sequence[str] | None, archive: Path) -> list[_Entry]:
@@ -308,48 +383,118 @@ def _select(entries: list[_Entry], members: Sequence[str] | None, archive: Path)
     return chosen
 
 
-def _inside(path: str) -> bool:
-    """Whether a relative POSIX path stays inside the root after resolving ``..``."""
-    parts: list[str] = []
-    for part in PurePosixPath(path).parts:
+def _key(name: str) -> str:
+    """A member name as a relative POSIX path without ``.`` parts (``""`` is the root)."""
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    return "/".join(parts)
+
+
+def _name_problem(name: str, kind: str) -> str | None:
+    posix = name.replace("\\", "/")
+    if not posix or posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+        return "absolute path"
+    if ".." in posix.split("/"):
+        return "'..' in the name: it climbs out of the target (or through a link)"
+    if kind == "other":
+        return "not a regular file, folder or link (device, fifo)"
+    if not _key(name) and kind != "dir":
+        return "a link or file named like the target folder itself"
+    return None
+
+
+def _walk(start: list[str], target: str, links: set[str], on_disk: Path) -> str | None:
+    """Follow ``target`` from the folder ``start`` one part at a time; the problem, or None.
+
+    Refuses climbing above the root and passing through any link: a link of the archive or one
+    already under ``on_disk`` (an earlier archive merged into the same folder).
+    """
+    stack = list(start)
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
         if part == "..":
-            if not parts:
-                return False
-            parts.pop()
-        elif part not in (".", ""):
-            parts.append(part)
-    return True
+            if not stack:
+                return "points outside the target"
+            stack.pop()
+            continue
+        stack.append(part)
+        here = "/".join(stack)
+        if here in links or (on_disk / here).is_symlink():
+            return (f"passes through the link {here!r}; links to links are refused (a chain "
+                    f"of them can climb out one '..' at a time)")
+    return None
 
 
-def _norm(path: str) -> str:
-    return os.path.normpath(path).replace(os.sep, "/")
-
-
-def _check_members(entries: list[_Entry], archive: Path) -> None:
-    links = {_norm(e.name) for e in entries if e.kind in ("symlink", "hardlink")}
+def _check_members(entries: list[_Entry], archive: Path, target: Path) -> None:
+    kinds: dict[str, str] = {}
     for e in entries:
-        name = e.name.replace("\\", "/")
-        why = None
-        if not name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-            why = "absolute path"
-        elif not _inside(name):
-            why = "path climbs out of the target with '..'"
-        elif e.kind == "other":
-            why = "not a regular file, folder or link (device, fifo)"
-        elif e.kind == "symlink" and (e.link.startswith("/") or not _inside(
-                str(PurePosixPath(name).parent / e.link))):
-            why = f"symlink to {e.link!r} points outside the target"
-        elif e.kind == "hardlink" and (e.link.startswith("/") or not _inside(e.link)):
-            why = f"hard link to {e.link!r} points outside the target"
-        else:
-            parents = PurePosixPath(_norm(name)).parents
-            via = next((str(p) for p in parents if str(p) in links), None)
-            if via is not None:
-                why = f"placed under the link {via!r}, which could lead outside the target"
+        why = _name_problem(e.name, e.kind)
+        key = _key(e.name)
+        if why is None and key in kinds and (kinds[key] != "dir" or e.kind != "dir"):
+            why = "appears twice in the archive (a later copy could replace a checked member)"
         if why:
-            raise UnsafeArchiveError(f"{archive}: member {e.name!r}: {why}; refusing to extract "
-                                     f"anything from this archive. Download it from a trusted "
-                                     f"source (and check its pinned checksum).")
+            raise _refused(archive, e, why)
+        kinds.setdefault(key, e.kind)
+    links = {k for k, kind in kinds.items() if kind in ("symlink", "hardlink")}
+    for e in entries:
+        key = _key(e.name)
+        parents = [str(p) for p in PurePosixPath(key).parents if str(p) != "."]
+        below = next((p for p in reversed(parents) if kinds.get(p, "dir") != "dir"), None)
+        why = None
+        if below is not None:
+            what = "file" if kinds[below] == "file" else "link"
+            why = f"placed under the {what} {below!r}, which could lead outside the target"
+        elif e.kind == "symlink":
+            why = _link_problem(e.link, parents[0] if parents else "", links, target)
+        elif e.kind == "hardlink":
+            why = _link_problem(e.link, "", links, target)
+            if why is None and kinds.get(_key(e.link)) != "file":
+                why = "is not a regular file of this archive"
+        if why:
+            what = "symlink" if e.kind == "symlink" else "hard link"
+            raise _refused(archive, e, why if e.kind not in ("symlink", "hardlink")
+                           else f"{what} to {e.link!r} {why}")
+
+
+def _link_problem(link: str, folder: str, links: set[str], target: Path) -> str | None:
+    if not link:
+        return "has an empty target"
+    if link.startswith("/") or link.startswith("\\") or re.match(r"^[A-Za-z]:", link):
+        return "points outside the target (absolute)"
+    return _walk(folder.split("/") if folder else [], link.replace("\\", "/"), links, target)
+
+
+def _refused(archive: Path, e: _Entry, why: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(f"{archive}: member {e.name!r}: {why}; refusing to extract "
+                              f"anything from this archive. Download it from a trusted "
+                              f"source (and check its pinned checksum).")
+
+
+def _check_space(entries: list[_Entry], archive: Path, target: Path) -> None:
+    needed = sum(e.size for e in entries if e.kind == "file")
+    existing = next(p for p in (target, *target.absolute().parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise OSError(errno.ENOSPC, f"it unpacks to {needed} bytes, {free} are free there")
+
+
+def _audit(tmp: Path, archive: Path) -> None:
+    """Second check, on disk: every extracted link resolves inside ``tmp``; no special files."""
+    root = os.path.realpath(tmp)
+    for folder, dirs, files in os.walk(tmp):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            rel = os.path.relpath(path, tmp)
+            if stat.S_ISLNK(mode):
+                real = os.path.realpath(path)
+                if real != root and not real.startswith(root + os.sep):
+                    raise UnsafeArchiveError(
+                        f"{archive}: member {rel!r} resolves outside the target once "
+                        f"extracted; refusing to extract anything from this archive")
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise UnsafeArchiveError(f"{archive}: member {rel!r} is not a regular file, "
+                                         f"folder or link; refusing to extract this archive")
 
 
 def _move_into(src: Path, dest: Path) -> None:
@@ -366,6 +511,11 @@ def _move_into(src: Path, dest: Path) -> None:
             os.replace(child, out)
 
 
+#: Longest symlink target read from a zip (the target is the member's content: a "link" of
+#: gigabytes is a zip bomb, not a link).
+_MAX_LINK_BYTES = 4096
+
+
 class _ZipArchive:
     def __init__(self, path: Path) -> None:
         self.zf = zipfile.ZipFile(path)
@@ -379,26 +529,35 @@ class _ZipArchive:
     def entries(self) -> list[_Entry]:
         out = []
         for info in self.zf.infolist():
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
+            fmt = stat.S_IFMT(info.external_attr >> 16)
+            if fmt == stat.S_IFLNK:
+                if info.file_size > _MAX_LINK_BYTES:
+                    out.append(_Entry(info.filename, "other", "", info))
+                    continue
                 out.append(_Entry(info.filename, "symlink",
                                   self.zf.read(info).decode("utf-8", "replace"), info))
+            elif info.is_dir() or fmt == stat.S_IFDIR:
+                out.append(_Entry(info.filename, "dir", "", info))
+            elif fmt in (0, stat.S_IFREG):  # 0: made on a system without Unix modes
+                out.append(_Entry(info.filename, "file", "", info, info.file_size))
             else:
-                out.append(_Entry(info.filename, "dir" if info.is_dir() else "file", "", info))
+                out.append(_Entry(info.filename, "other", "", info))
         return out
 
     def extract(self, entries: list[_Entry], tmp: Path) -> None:
         for e in entries:
-            dest = tmp / _norm(e.name)
+            dest = tmp / _key(e.name)
             if e.kind == "dir":
                 dest.mkdir(parents=True, exist_ok=True)
-            elif e.kind == "symlink":
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if e.kind == "symlink":
                 os.symlink(e.link, dest)
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with self.zf.open(e.raw) as src, open(dest, "wb") as out:  # type: ignore[arg-type]
-                    shutil.copyfileobj(src, out, 1 << 20)
+                continue
+            # O_EXCL | O_NOFOLLOW: never write through something already there (a link).
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with self.zf.open(e.raw) as src, os.fdopen(fd, "wb") as out:  # type: ignore[arg-type]
+                shutil.copyfileobj(src, out, 1 << 20)
 
 
 class _TarArchive:
@@ -424,7 +583,8 @@ class _TarArchive:
                 kind = "hardlink"
             else:
                 kind = "other"
-            out.append(_Entry(info.name, kind, info.linkname, info))
+            out.append(_Entry(info.name, kind, info.linkname, info,
+                              info.size if kind == "file" else 0))
         return out
 
     def extract(self, entries: list[_Entry], tmp: Path) -> None:
