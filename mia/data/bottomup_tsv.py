@@ -58,7 +58,11 @@ def _decode(value: str, shape: tuple[int, int], path: Path, rec: str, field: str
         raise DataFormatError(path, rec, field,
                               f"decodes to {len(raw)} bytes, expected {expected} "
                               f"(float32 {shape[0]} x {shape[1]} for num_boxes={shape[0]})")
-    return np.frombuffer(raw, dtype="<f4").reshape(shape)
+    values = np.frombuffer(raw, dtype="<f4").reshape(shape)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        raise DataFormatError(path, rec, field, f"box {int(np.argmin(finite))} holds NaN or inf")
+    return values
 
 
 def _int(value: str, path: Path, rec: str, field: str) -> int:
@@ -70,12 +74,20 @@ def _int(value: str, path: Path, rec: str, field: str) -> int:
 
 def iter_bottomup_tsv(path: str | os.PathLike, feature_dim: int = FEATURE_DIM
                       ) -> Iterator[RegionRecord]:
-    """Yield one :class:`RegionRecord` per row, streaming; errors name the file, line and field."""
+    """Yield one :class:`RegionRecord` per row, streaming; errors name the file, line and field.
+
+    The files are ASCII (numbers and base64). Other bytes are kept as surrogate escapes, so they
+    end up inside a field and are reported as that field's error (bad base64, not an integer)
+    at their line, instead of a bare UnicodeDecodeError somewhere in the file.
+    """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found; run the download rule that fetches "
+                                f"the bottom-up features")
     _ensure_field_size_limit()
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="ascii", errors="surrogateescape") as f:
         reader = csv.reader(f, delimiter="\t")
-        for row in reader:
+        for row in _rows(reader, path):
             rec = f"line {reader.line_num}"
             if len(row) != len(FIELDNAMES):
                 raise DataFormatError(path, rec, "<row>",
@@ -85,12 +97,30 @@ def iter_bottomup_tsv(path: str | os.PathLike, feature_dim: int = FEATURE_DIM
             rec = f"line {reader.line_num} (image_id {image_id})"
             image_w = _int(row[1], path, rec, "image_w")
             image_h = _int(row[2], path, rec, "image_h")
+            if image_w <= 0 or image_h <= 0:
+                raise DataFormatError(path, rec, "image_w" if image_w <= 0 else "image_h",
+                                      f"image size must be positive, got {image_w} x {image_h}")
             num_boxes = _int(row[3], path, rec, "num_boxes")
             if num_boxes <= 0:
                 raise DataFormatError(path, rec, "num_boxes", f"must be positive, got {num_boxes}")
             boxes = _decode(row[4], (num_boxes, 4), path, rec, "boxes")
             features = _decode(row[5], (num_boxes, feature_dim), path, rec, "features")
             yield RegionRecord(image_id, image_w, image_h, num_boxes, boxes, features)
+
+
+def _rows(reader: Iterator[list[str]], path: Path) -> Iterator[list[str]]:
+    """The csv rows, with csv's own errors (NUL bytes, a field over the limit) named by line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            line = getattr(reader, "line_num", "?")
+            raise DataFormatError(path, f"line {line}", "<row>",
+                                  f"unreadable TSV ({err}); the file is damaged: re-download "
+                                  f"it") from err
+        yield row
 
 
 def format_row(record: RegionRecord) -> list[str]:

@@ -8,6 +8,7 @@ bottom-up features and torchvision's RoIAlign want corners ``x1, y1, x2, y2``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -140,8 +141,10 @@ def read_coco_instances(path: str | os.PathLike) -> CocoInstances:
             raise DataFormatError(path, rec, "category_id", f"unknown category {category_id}")
         bbox = require(ann, "bbox", list, path, rec)
         if len(bbox) != 4 or not all(isinstance(v, _NUMBER) and not isinstance(v, bool)
-                                     for v in bbox):
-            raise DataFormatError(path, rec, "bbox", f"expected 4 numbers [x, y, w, h], got {bbox}")
+                                     and math.isfinite(v) for v in bbox):
+            # (json accepts NaN and Infinity literals: they would reach RoIAlign as NaN features)
+            raise DataFormatError(path, rec, "bbox",
+                                  f"expected 4 finite numbers [x, y, w, h], got {bbox}")
         if bbox[2] < 0 or bbox[3] < 0:
             raise DataFormatError(path, rec, "bbox", f"negative width or height in {bbox}")
         boxes.append(CocoBox(

@@ -26,16 +26,36 @@ class DataFormatError(ValueError):
 
 
 def load_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file, turning a syntax error into a :class:`DataFormatError` at its line."""
+    """Parse a JSON file; every way it can be unreadable becomes one error naming the file.
+
+    A syntax error gives its line, bytes that are not UTF-8 (a damaged download, a file saved in
+    another encoding) their byte offset, an empty file or a folder say so.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found; run the download rule that fetches it")
+    if path.is_dir():
+        raise DataFormatError(path, "<file>", "<json>", "is a folder, not a JSON file; check the "
+                                                        "path in the config")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataFormatError(path, "<file>", "<json>", "the file is empty; re-download it")
     try:
-        with path.open("rb") as f:
-            return json.load(f)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(path, f"byte {err.start}", "<json>",
+                              f"not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                              f"{err.start}); the file is damaged or not JSON: re-download "
+                              f"it") from err
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise DataFormatError(path, f"line {err.lineno}", "<json>",
-                              f"not valid JSON ({err.msg}); re-download the file") from err
+                              f"not valid JSON ({err.msg} at line {err.lineno} column "
+                              f"{err.colno}); re-download the file") from err
+    except RecursionError as err:
+        raise DataFormatError(path, "<top>", "<json>",
+                              "nested too deeply to be a real annotation file") from err
 
 
 def load_records(records: str | os.PathLike | Sequence[Any], expected: str

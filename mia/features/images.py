@@ -9,6 +9,7 @@ come from Karpathy's split, COCO's annotation files or the demo world. Decoding 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,18 @@ from mia.data.karpathy import read_karpathy
 #: ImageNet statistics that torchvision's pretrained ResNets were trained with (RGB, 0..1 scale).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Larger images are refused before decoding (PIL's own decompression-bomb limit, ~9459 x 9459;
+#: COCO images are at most 640 x 640). A tiny file can announce 65535 x 65535 pixels and take
+#: 12 GB to decode; a worker that tries is killed without a word.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 ImageList = Sequence[tuple[int, str | os.PathLike]]
 
 
-class BadImagesError(RuntimeError):
-    """One or more images could not be decoded; the message lists each id, file and reason."""
+class BadImagesError(ValueError):
+    """One or more images could not be decoded; the message lists each id, file and reason.
+
+    A ValueError: bad input files, which ``mia`` reports with exit status 2."""
 
     def __init__(self, bad: Sequence[BadImage], config_key: str) -> None:
         lines = "\n".join(f"  image_id {b.image_id}: {b.path} ({b.reason})" for b in bad)
@@ -118,11 +125,17 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> Decoded | BadImage:
         image_id, path = self.images[index]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")  # forces a full decode: truncated files fail here
-                width, height = img.size
-                pixels = to_normalised_tensor(self.resize(img))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    width, height = img.size
+                    if width * height > MAX_PIXELS:
+                        return BadImage(image_id, path, f"{width} x {height} pixels is more than "
+                                        f"the {MAX_PIXELS} allowed (decompression bomb?)")
+                    img = img.convert("RGB")  # forces a full decode: truncated files fail here
+                    pixels = to_normalised_tensor(self.resize(img))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError,
+                Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             return BadImage(image_id, path, f"{type(err).__name__}: {err}")
         return Decoded(image_id, path, pixels, width, height)
 
