@@ -174,3 +174,61 @@ def test_errors_name_the_key():
         scorer.score_batch(["a", "a"], ["x"])
     with pytest.raises(ValueError, match=r"references\['b'\]"):
         CiderD({"b": []})
+
+
+# Empty sentences (RELIABILITY.md): a model that emits <eos> first gives an empty candidate; a
+# reference can be empty after tokenisation (punctuation only). Expected values are
+# pycocoevalcap's, computed in the test.
+EMPTY_CASES = {
+    "empty_candidate": ({"a": ["a cat sat", "the cat"], "b": ["dog runs"]},
+                        {"a": "", "b": "dog runs"}),
+    "one_empty_reference": ({"a": ["", "the cat sat"], "b": ["dog runs"]},
+                            {"a": "the cat sat", "b": "dog"}),
+    "all_references_of_an_image_empty": ({"a": ["", ""], "b": ["dog runs"]},
+                                         {"a": "the cat", "b": "dog runs"}),
+    "empty_candidate_and_empty_reference": ({"a": [""], "b": ["dog runs"]},
+                                            {"a": "", "b": "dog runs"}),
+    "whitespace_only": ({"a": ["   ", "a b"], "b": ["dog runs"]}, {"a": "  ", "b": "dog runs"}),
+}
+
+
+@pytest.mark.parametrize("case", list(EMPTY_CASES))
+def test_empty_sentences_equal_pycocoevalcap(case):
+    refs, cands = EMPTY_CASES[case]
+    mean_ref, per_ref = _pycoco(refs, cands)
+    mean, per_key = CiderD(refs).score(cands)
+    assert abs(mean - mean_ref) < TOL
+    np.testing.assert_allclose([per_key[k] for k in refs], per_ref, rtol=0, atol=TOL)
+    assert per_key["a"] == 0.0 if case != "one_empty_reference" else per_key["a"] > 1.0
+
+
+def test_empty_candidate_in_scst_batch_equals_reference():
+    refs = {"a": ["a cat sat", "the cat"], "b": ["dog runs", ""]}
+    keys, cands = ["a", "a", "b", "b"], ["", "a cat", "", "dog runs"]
+    df, log_docs = pycocoevalcap_document_frequency(refs)
+    expected = pycocoevalcap_cider_d(list(zip(cands, [refs[k] for k in keys], strict=True)), df,
+                                     log_docs)
+    ours = CiderD(refs).score_batch(keys, cands)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=TOL)
+    assert ours[0] == ours[2] == 0.0 and ours[3] > 0
+
+
+def test_corpus_without_any_reference_word_scores_zero_where_pycocoevalcap_crashes():
+    """Known disagreement, kept on purpose: when no reference of the whole corpus has a word,
+    pycocoevalcap's CiderScorer fails (``max()`` of its empty document-frequency table in
+    compute_score); CiderD scores the (empty) candidates 0."""
+    refs, cands = {"a": [""], "b": ["  "]}, {"a": "", "b": ""}
+    with pytest.raises(ValueError, match="empty"):
+        _pycoco(refs, cands)
+    mean, per_key = CiderD(refs).score(cands)
+    assert mean == 0.0 and per_key == {"a": 0.0, "b": 0.0}
+
+
+@pytest.mark.xfail(strict=True, raises=IndexError, reason=(
+    "mia/evaluation/cider.py DocumentFrequency.idf indexes its empty count table when no "
+    "reference has a word and a candidate has one (IndexError); reported to its owner: the "
+    "expected score is 0"))
+def test_word_candidate_against_corpus_without_reference_words():
+    refs, cands = {"a": [""], "b": ["  "]}, {"a": "", "b": "dog"}
+    mean, per_key = CiderD(refs).score(cands)
+    assert mean == 0.0 and per_key == {"a": 0.0, "b": 0.0}
