@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections import Counter as Tally
 from pathlib import Path
 
@@ -162,6 +163,76 @@ def test_model_initialises_question_and_concept_words_from_one_glove_read(tmp_pa
                      "concept_vocab": CONCEPTS}
     torch.testing.assert_close(model.question.embedding.weight[3], torch.full((4,), 2.0))
     torch.testing.assert_close(model.image.concept_embedding.weight[1], torch.full((4,), 2.0))
+
+
+# ---------------------------------------------------------------------- the reference models
+
+# Logits of the references' build_baseline0_newatt (hengyuan-hu/bottom-up-attention-vqa) and
+# build_ban (jnhwkim/ban-vqa, op='', gamma=2) run in float64, in eval mode, in a scratch
+# directory outside the project, with every parameter mapped one to one from ours after
+# _fill_deterministically, on _reference_inputs (every box and word real, so that the explicit
+# masks, which the references do not have, change nothing). Ours must give the same numbers.
+REFERENCE_LOGITS = {
+    "updown": [[0.02917265088292223, -0.016023845879426846, -0.02851241032631368,
+                0.038840458988093296, -0.019882993917334016],
+               [-0.03610200186249189, -0.06984016552273459, -0.060764928636207714,
+                0.027036009173115272, -0.01839303420756476],
+               [-0.020639936781806603, -0.05916314903314823, -0.057153188559281,
+                0.02632087332868964, -0.01907261390780103]],
+    "ban": [[1.385585364338371, 4.522808352053886, 6.986957668667913, 8.536574525925603,
+             8.88176345614751],
+            [-1.0937926830921008, 0.6683628729200906, 2.5271221784824496, 4.366160962561199,
+             5.607795719056809],
+            [2.6941600278890228, 3.7718370750179564, 4.662525930791194, 5.258165909311765,
+             5.02217468204045]],
+}
+REFERENCE_BAN_ATTENTION_00 = [[0.006303688202579292, 0.005642251804654706],
+                              [0.005880818638274438, 0.006079110901922686],
+                              [0.005926952818062725, 0.0060863946477424675]]  # att[:, :, 0, 0]
+
+
+def _fill_deterministically(model: torch.nn.Module) -> None:
+    """Every parameter from a formula of its name, scaled so that no layer saturates or dies."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            k = zlib.crc32(name.encode()) % 997
+            idx = torch.arange(p.numel(), dtype=torch.float64)
+            values = 0.4 * torch.sin(0.37 * idx + k) + 0.2 * torch.cos(1.9 * idx + 0.5 * k)
+            if p.dim() >= 2:
+                values = values * 2 / math.sqrt(p.shape[-1])
+            if name.endswith("bias"):
+                values = values * 0.25
+            if name.endswith("_g"):  # weight-norm scales ~ sqrt(rows): O(1) outputs
+                rows = model.get_parameter(name[:-1] + "v").shape[0]
+                scale = (1.0 + 0.3 * math.sin(k)) * math.sqrt(rows)
+                values = torch.full((1,), scale, dtype=torch.float64)
+            p.copy_(values.view_as(p))
+
+
+def _reference_inputs() -> dict[str, torch.Tensor]:
+    b, m, c, n_words = 3, 12, 6, 10
+    i = torch.arange(b * m * c, dtype=torch.float64)
+    a = torch.arange(b * m, dtype=torch.float64).view(b, m)
+    x1, y1 = 0.35 * (1 + torch.sin(1.7 * a)), 0.35 * (1 + torch.cos(2.3 * a))
+    boxes = torch.stack([x1, y1, x1 + 0.1 + 0.15 * (1 + torch.cos(0.9 * a)),
+                         y1 + 0.1 + 0.15 * (1 + torch.sin(1.1 * a))], dim=2)
+    questions = 1 + (torch.arange(b)[:, None] * 7 + torch.arange(14)[None, :] * 3) % (n_words - 1)
+    return {"questions": questions, "features": (0.5 * torch.sin(0.11 * i) + 0.2).view(b, m, c),
+            "feature_mask": torch.ones(b, m, dtype=torch.bool), "boxes": boxes}
+
+
+@pytest.mark.parametrize("baseline", ["updown", "ban"])
+def test_forward_equals_the_reference_model(baseline):
+    cfg = VQAModelConfig(baseline=baseline, feature_dim=6, hidden=8, embed_dim=300, glimpses=2)
+    model = build_vqa_model(cfg, 10, 5).double().eval()
+    _fill_deterministically(model)
+    with torch.no_grad():
+        out = model.run(_reference_inputs())
+    expected = torch.tensor(REFERENCE_LOGITS[baseline], dtype=torch.float64)
+    torch.testing.assert_close(out.logits, expected, rtol=0, atol=1e-12)
+    if baseline == "ban":
+        torch.testing.assert_close(out.attention[:, :, 0, 0], torch.tensor(
+            REFERENCE_BAN_ATTENTION_00, dtype=torch.float64), rtol=0, atol=1e-15)
 
 
 # ---------------------------------------------------------------------- shapes and variants

@@ -124,11 +124,12 @@ class BANAnswerer(nn.Module):
         attention, logits = self.attention(v, q, v_mask, q_mask)
         # Padded boxes become zero boxes, as the reference's zero-padded spatials are: IoU 0
         # with every box, so whatever a store pads with never changes a count or confidence.
-        # Counting runs in float32 even under autocast: counts are read off sqrt(sum) and IoUs.
-        corners = (boxes * v_mask[:, :, None]).transpose(1, 2).float()  # (B, 4, m)
+        # Counting runs in (at least) float32 even under autocast: counts are sqrt(sum) of IoUs.
+        exact = torch.promote_types(self.counter.f[0].weight.dtype, torch.float32)
+        corners = (boxes * v_mask[:, :, None]).transpose(1, 2).to(exact)  # (B, 4, m)
         for g in range(self.glimpses):
             pooled = self.pool[g](v, q, attention[:, g])  # (B, h)
-            count = self.counter(corners, logits[:, g].amax(dim=2).float())  # per box: best word
+            count = self.counter(corners, logits[:, g].amax(dim=2).to(exact))  # per box: best word
             q = q + self.q_prj[g](pooled)[:, None, :] + self.c_prj[g](count)[:, None, :]
         summed = (q * q_mask[:, :, None].to(q.dtype)).sum(dim=1)  # real words only
         return self.classifier(summed), attention

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from mia.attention import MIAOutput, MutualIterativeAttention
@@ -70,8 +71,10 @@ class RegionEncoder(nn.Module):
             mode="self" if cfg.variant == "self_attention" else "mutual",
             order=cfg.mia_order, textual_layer_shortcut=cfg.mia_textual_layer_shortcut)
 
-    def forward(self, batch: dict[str, Tensor], need_weights: bool = False) -> EncodedRegions:
-        features = batch["features"].float()  # (B, m, C)
+    def forward(self, batch: dict[str, Tensor], dtype: torch.dtype = torch.float32,
+                need_weights: bool = False) -> EncodedRegions:
+        """``dtype``: the model's parameter dtype (stores may hand over float16 features)."""
+        features = batch["features"].to(dtype)  # (B, m, C)
         mask = batch["feature_mask"].bool()  # (B, m)
         if self.mia is None:
             return EncodedRegions(features, mask, None)

@@ -88,7 +88,8 @@ class VQAModel(nn.Module):
     def run(self, batch: dict[str, Tensor], need_weights: bool = False) -> VQAOutput:
         """Every intermediate of one batch; ``need_weights`` also keeps MIA's attention."""
         question = self.question(batch["questions"])  # never sees the image side
-        image = self.image(batch, need_weights=need_weights)
+        dtype = self.question.embedding.weight.dtype  # the parameters', whatever autocast does
+        image = self.image(batch, dtype, need_weights=need_weights)
         logits, attention = self.answerer(question, image.features, image.mask,
                                           batch.get("boxes"))
         return VQAOutput(logits, attention, question, image)
