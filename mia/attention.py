@@ -22,10 +22,17 @@ Padding: masks are ``(B, n)`` bools, True for real positions. Padded positions a
 and after every layer, and are excluded as attention keys, so the values at padded positions can
 never change a real output. (A padded query is a zero vector; it reads a fixed mixture of real keys.)
 
-Two departures of the authors' released code are available as options but are off by default:
-``textual_layer_shortcut=False`` drops the textual layer's layer-level shortcut (their
-``RefineTextualLayer``), and ``attention_bias=True`` adds biases to the Q/K/V/O projections, which
-Eq. (1)-(2) do not have.
+The authors' released code (fenglinliu98/MIA, ``Models/Layers.py``, ``SubLayers.py``,
+``Modules.py``) differs from the text in four places. Each is a constructor option whose default is
+the paper's text; ``docs/RECIPE.md`` lists them and the captioners select the released set:
+
+* ``textual_layer_shortcut=False``: the textual layer has no layer-level shortcut (and no
+  LayerNorm) at all (their ``RefineTextualLayer``);
+* ``attention_bias=True``: biases on the Q/K/V/O projections, which Eq. (1)-(2) do not have;
+* ``attention_dropout=0.1``: dropout on the attention WEIGHTS after the softmax (their
+  ``ScaledDotProductAttention``), on top of the dropout on the sub-layer output;
+* ``layer_dropout=False``: no dropout before the layer-level LayerNorm (their visual layer adds the
+  source to the FCN sub-layer's output directly).
 """
 
 from __future__ import annotations
@@ -64,7 +71,8 @@ class MIAOutput:
 class MultiHeadAttention(nn.Module):
     """Eq. (1)-(2): k heads of scaled dot-product attention, concatenated, then W^O."""
 
-    def __init__(self, d_model: int, heads: int, bias: bool = False) -> None:
+    def __init__(self, d_model: int, heads: int, bias: bool = False,
+                 weight_dropout: float = 0.0) -> None:
         super().__init__()
         if d_model % heads:
             raise ValueError(f"d_model={d_model} is not divisible by heads={heads}")
@@ -73,6 +81,8 @@ class MultiHeadAttention(nn.Module):
         self.w_q = nn.Linear(d_model, d_model, bias=bias)  # [W^Q_1 .. W^Q_k]
         self.w_kv = nn.Linear(d_model, 2 * d_model, bias=bias)  # [W^K_1 .. W^K_k | W^V_1 .. W^V_k]
         self.w_o = nn.Linear(d_model, d_model, bias=bias)  # W^O
+        # Dropout on the softmax weights (released code); p = 0 is the paper's text.
+        self.weight_dropout = nn.Dropout(weight_dropout)
 
     def _split(self, x: Tensor) -> Tensor:  # (B, n, d) -> (B, heads, n, d_k)
         b, n, _ = x.shape
@@ -89,16 +99,20 @@ class MultiHeadAttention(nn.Module):
         # (B, 1, 1, n) so every head and every query ignores padded keys.
         bias = None if source_mask is None else source_mask[:, None, None, :]
         weights = None
-        if need_weights:
+        # The explicit path also serves dropout on the weights, so that the dropout is an ordinary
+        # module (seeded by torch's RNG like every other dropout, and replaceable in tests).
+        drop_weights = self.training and self.weight_dropout.p > 0
+        if need_weights or drop_weights:
             scores = q @ k.transpose(-2, -1) / self.d_k**0.5
             if bias is not None:
                 scores = scores.masked_fill(~bias, float("-inf"))
-            weights = scores.softmax(dim=-1)
-            context = weights @ v
+            weights = scores.softmax(dim=-1)  # returned before dropout: a distribution
+            context = (self.weight_dropout(weights) if drop_weights else weights) @ v
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         b, _, n, _ = context.shape
-        return self.w_o(context.transpose(1, 2).reshape(b, n, -1)), weights
+        return (self.w_o(context.transpose(1, 2).reshape(b, n, -1)),
+                weights if need_weights else None)
 
 
 class FeedForward(nn.Module):
@@ -121,17 +135,21 @@ class MutualAttentionLayer(nn.Module):
     out = LN(S + Dropout(h2))                         layer-level shortcut (section 2.2.2)
 
     With ``layer_shortcut=False`` the last line is skipped (``out = h2``), as in the released
-    code's textual layer.
+    code's textual layer; with ``layer_dropout=False`` it reads ``LN(S + h2)``, as in their visual
+    layer. ``attention_dropout`` drops attention weights inside MultiHeadAtt (released: 0.1).
     """
 
     def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float,
-                 layer_shortcut: bool = True, attention_bias: bool = False) -> None:
+                 layer_shortcut: bool = True, attention_bias: bool = False,
+                 attention_dropout: float = 0.0, layer_dropout: bool = True) -> None:
         super().__init__()
-        self.attention = MultiHeadAttention(d_model, heads, bias=attention_bias)
+        self.attention = MultiHeadAttention(d_model, heads, bias=attention_bias,
+                                            weight_dropout=attention_dropout)
         self.norm_attention = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_ff)
         self.norm_ffn = nn.LayerNorm(d_model)
         self.layer_shortcut = layer_shortcut
+        self.layer_dropout = layer_dropout
         self.norm_layer = nn.LayerNorm(d_model) if layer_shortcut else None
         self.dropout = nn.Dropout(dropout)
 
@@ -141,7 +159,7 @@ class MutualAttentionLayer(nn.Module):
         h = self.norm_attention(source + self.dropout(attended))
         h = self.norm_ffn(h + self.dropout(self.ffn(h)))
         if self.norm_layer is not None:
-            h = self.norm_layer(source + self.dropout(h))
+            h = self.norm_layer(source + (self.dropout(h) if self.layer_dropout else h))
         return h, weights
 
 
@@ -166,12 +184,19 @@ class MutualIterativeAttention(nn.Module):
             False reproduces the released code, which omits it.
         attention_bias: add biases to the attention projections (released code); Eq. (1)-(2) have
             none.
+        attention_dropout: dropout on the attention weights after the softmax (released: 0.1;
+            the paper's text has none).
+        layer_dropout: dropout before the layer-level LayerNorm (the paper's "same
+            post-processing"); False reproduces the released code.
     """
 
     def __init__(self, d_model: int = 512, heads: int = 8, d_ff: int = 2048, iterations: int = 2,
                  dropout: float = 0.1, mode: Mode = "mutual", order: Order = "visual_first",
-                 textual_layer_shortcut: bool = True, attention_bias: bool = False) -> None:
+                 textual_layer_shortcut: bool = True, attention_bias: bool = False,
+                 attention_dropout: float = 0.0, layer_dropout: bool = True) -> None:
         super().__init__()
+        if not 0.0 <= attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {attention_dropout}")
         if mode not in ("mutual", "self"):
             raise ValueError(f"mode must be 'mutual' or 'self', got {mode!r}")
         if order not in ("visual_first", "concepts_first"):
@@ -182,11 +207,11 @@ class MutualIterativeAttention(nn.Module):
         self.iterations = iterations
         self.mode = mode
         self.order = order
-        self.visual_layer = MutualAttentionLayer(d_model, heads, d_ff, dropout,
-                                                 attention_bias=attention_bias)
+        shared = dict(attention_bias=attention_bias, attention_dropout=attention_dropout,
+                      layer_dropout=layer_dropout)
+        self.visual_layer = MutualAttentionLayer(d_model, heads, d_ff, dropout, **shared)
         self.textual_layer = MutualAttentionLayer(d_model, heads, d_ff, dropout,
-                                                  layer_shortcut=textual_layer_shortcut,
-                                                  attention_bias=attention_bias)
+                                                  layer_shortcut=textual_layer_shortcut, **shared)
         self.norm_fused = nn.LayerNorm(d_model)
 
     def _refine_visual(self, visual: Tensor, concepts: Tensor, visual_mask: Tensor | None,

@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mia import MIAOutput, MutualIterativeAttention
+from mia.attention import MutualAttentionLayer
 
 TOL = 1e-10  # float64: the module and the derivation differ only by summation order
 EPS = 1e-5  # LayerNorm epsilon (nn.LayerNorm default; the paper's Transformer [28] value)
@@ -41,9 +43,18 @@ def _right(p: Params, name: str) -> Tensor:
     return p[name].T
 
 
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 def _multi_head(p: Params, pre: str, query: Tensor, source: Tensor, heads: int,
-                key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Eq. (1)-(2): per head i, softmax(Q W_i^Q (S W_i^K)^T / sqrt(d_k)) S W_i^V; concat; W^O."""
+                key_mask: Tensor | None, weight_drop: Callable[[Tensor], Tensor] = _identity
+                ) -> tuple[Tensor, Tensor]:
+    """Eq. (1)-(2): per head i, softmax(Q W_i^Q (S W_i^K)^T / sqrt(d_k)) S W_i^V; concat; W^O.
+
+    ``weight_drop`` is what the released code applies to the softmax weights of all heads at
+    once, (B, heads, m, n), before they multiply the values (dropout; the identity in the paper).
+    """
     d = query.shape[-1]
     d_k = d // heads
     w_q = _right(p, f"{pre}.w_q.weight")  # (d_h, d_h) = [W_1^Q .. W_k^Q]
@@ -58,14 +69,17 @@ def _multi_head(p: Params, pre: str, query: Tensor, source: Tensor, heads: int,
         cols = slice(i * d_k, (i + 1) * d_k)
         q = query @ w_q[:, cols] + b_q[cols]  # (B, m, d_k)
         k = source @ w_k[:, cols] + b_kv[:d][cols]  # (B, n, d_k)
-        v = source @ w_v[:, cols] + b_kv[d:][cols]
         scores = q @ k.transpose(1, 2) / math.sqrt(d_k)  # (B, m, n)
         if key_mask is not None:  # padded source positions are not keys
             scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
         att = torch.exp(scores - scores.max(-1, keepdim=True).values)
         att = att / att.sum(-1, keepdim=True)
         weights.append(att)
-        outputs.append(att @ v)
+    dropped = weight_drop(torch.stack(weights, dim=1))  # (B, heads, m, n)
+    for i in range(heads):
+        cols = slice(i * d_k, (i + 1) * d_k)
+        v = source @ w_v[:, cols] + b_kv[d:][cols]  # (B, n, d_k)
+        outputs.append(dropped[:, i] @ v)
     return torch.cat(outputs, dim=-1) @ w_o + b_o, torch.stack(weights, dim=1)
 
 
@@ -76,20 +90,26 @@ def _fcn(p: Params, pre: str, x: Tensor) -> Tensor:
 
 
 def _mutual_layer(p: Params, pre: str, query: Tensor, source: Tensor, heads: int,
-                  layer_shortcut: bool, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """One mutual-attention layer; dropout is the identity in eval mode.
+                  layer_shortcut: bool, key_mask: Tensor | None,
+                  drop: Callable[[Tensor], Tensor] = _identity,
+                  weight_drop: Callable[[Tensor], Tensor] = _identity,
+                  layer_dropout: bool = True) -> tuple[Tensor, Tensor]:
+    """One mutual-attention layer; ``drop`` stands for dropout (the identity in eval mode).
 
     Attention sub-layer: shortcut from the SOURCE (footnote 3). FCN sub-layer: ordinary shortcut.
     Layer post-processing (2.2.2): the same dropout-shortcut-LayerNorm, shortcut from the layer's
-    input (the source features being refined).
+    input (the source features being refined); the released code leaves out that dropout
+    (``layer_dropout=False``) and, on the textual side, the whole step (``layer_shortcut``).
     """
-    att, weights = _multi_head(p, f"{pre}.attention", query, source, heads, key_mask)
-    h = _layer_norm(source + att, p[f"{pre}.norm_attention.weight"],
+    att, weights = _multi_head(p, f"{pre}.attention", query, source, heads, key_mask,
+                               weight_drop)
+    h = _layer_norm(source + drop(att), p[f"{pre}.norm_attention.weight"],
                     p[f"{pre}.norm_attention.bias"])
-    h = _layer_norm(h + _fcn(p, f"{pre}.ffn", h), p[f"{pre}.norm_ffn.weight"],
+    h = _layer_norm(h + drop(_fcn(p, f"{pre}.ffn", h)), p[f"{pre}.norm_ffn.weight"],
                     p[f"{pre}.norm_ffn.bias"])
     if layer_shortcut:
-        h = _layer_norm(source + h, p[f"{pre}.norm_layer.weight"], p[f"{pre}.norm_layer.bias"])
+        h = _layer_norm(source + (drop(h) if layer_dropout else h),
+                        p[f"{pre}.norm_layer.weight"], p[f"{pre}.norm_layer.bias"])
     if key_mask is not None:
         h = h * key_mask[..., None]
     return h, weights
@@ -97,7 +117,10 @@ def _mutual_layer(p: Params, pre: str, query: Tensor, source: Tensor, heads: int
 
 def reference_mia(p: Params, image: Tensor, text: Tensor, iterations: int, heads: int,
                   mode: str = "mutual", order: str = "visual_first",
-                  textual_layer_shortcut: bool = True) -> dict[str, object]:
+                  textual_layer_shortcut: bool = True,
+                  drop: Callable[[Tensor], Tensor] = _identity,
+                  weight_drop: Callable[[Tensor], Tensor] = _identity,
+                  layer_dropout: bool = True) -> dict[str, object]:
     """Eq. (4)-(7) with ONE visual and ONE textual layer reused at every iteration.
 
     mutual, visual first (the paper): I_k = layer_v(Q=T_{k-1}, S=I_{k-1}),
@@ -106,12 +129,15 @@ def reference_mia(p: Params, image: Tensor, text: Tensor, iterations: int, heads
     itself. MIA = LayerNorm(I_N + T_N).
     """
 
+    drops = dict(drop=drop, weight_drop=weight_drop, layer_dropout=layer_dropout)
+
     def visual(i: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        return _mutual_layer(p, "visual_layer", t if mode == "mutual" else i, i, heads, True, None)
+        return _mutual_layer(p, "visual_layer", t if mode == "mutual" else i, i, heads, True,
+                             None, **drops)
 
     def textual(i: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         return _mutual_layer(p, "textual_layer", i if mode == "mutual" else t, t, heads,
-                             textual_layer_shortcut, None)
+                             textual_layer_shortcut, None, **drops)
 
     steps, attention = [], []
     i, t = image, text
@@ -257,6 +283,119 @@ def test_variants_differ_from_the_paper_default() -> None:
     one_released = _run_with(params, 1, textual_layer_shortcut=False)
     assert _close(one_default.visual, one_released.visual)
     assert not torch.allclose(one_default.concepts, one_released.concepts, atol=1e-3)
+
+
+class _Scale(nn.Module):
+    """A deterministic stand-in for dropout in training mode: x -> c x (counts its calls)."""
+
+    def __init__(self, c: float, p: float) -> None:
+        super().__init__()
+        self.c, self.p, self.calls = c, p, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return self.c * x
+
+
+class _FixedMask(nn.Module):
+    """A deterministic stand-in for dropout on the attention weights: the same 0 / (1/0.7) mask
+    for every tensor of a given shape (drawn from a fixed seed), like inverted dropout."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p, self.calls = p, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        g = torch.Generator().manual_seed(1234)
+        keep = torch.rand(x.shape, generator=g, dtype=x.dtype) > 0.3
+        return x * keep / 0.7
+
+
+def _with_stand_ins(m: MutualIterativeAttention) -> list[nn.Module]:
+    """Replace every dropout of ``m`` by its deterministic stand-in; return the stand-ins."""
+    out: list[nn.Module] = []
+    for layer in (m.visual_layer, m.textual_layer):
+        assert isinstance(layer, MutualAttentionLayer)
+        layer.dropout = _Scale(0.5, layer.dropout.p)
+        layer.attention.weight_dropout = _FixedMask(layer.attention.weight_dropout.p)
+        out += [layer.dropout, layer.attention.weight_dropout]
+    return out
+
+
+RELEASED = {"attention_bias": True, "textual_layer_shortcut": False, "attention_dropout": 0.1,
+            "layer_dropout": False}
+
+
+@pytest.mark.parametrize("options", [
+    {},  # the paper's text, with its dropouts made deterministic
+    {"attention_dropout": 0.1},
+    {"layer_dropout": False},
+    {"textual_layer_shortcut": False},
+    {"attention_bias": True},
+    RELEASED,
+], ids=["paper", "attention_dropout", "no_layer_dropout", "no_textual_shortcut", "bias",
+        "released"])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_training_mode_dropouts_match_their_derivation(options: dict, need_weights: bool) -> None:
+    """Each released option re-derived by hand in TRAINING mode, where the dropout ones act.
+
+    Every dropout is replaced by a deterministic stand-in (sub-layer dropout: x -> 0.5 x;
+    attention-weight dropout: a fixed mask), so the derivation can apply the same functions at
+    the places the option says: weight dropout between the softmax and the values, and no
+    dropout before the layer-level LayerNorm when ``layer_dropout`` is False.
+    """
+    m = _module(iterations=2, **options).train()
+    stand_ins = _with_stand_ins(m)
+    image, text = _inputs()
+    with torch.no_grad():
+        out = m(image, text, need_weights=need_weights)
+    calls = [s.calls for s in stand_ins]  # before the derivation reuses the mask stand-in
+    p_weights = options.get("attention_dropout", 0.0)
+    ref = reference_mia(
+        m.state_dict(), image, text, 2, heads=4,
+        textual_layer_shortcut=options.get("textual_layer_shortcut", True),
+        drop=lambda x: 0.5 * x,
+        weight_drop=stand_ins[1] if p_weights > 0 else _identity,
+        layer_dropout=options.get("layer_dropout", True))
+    _assert_matches(out, ref, 2, weights=need_weights)
+    # Per visual-layer call (2 iterations): attention and FCN sub-layers, plus the layer step
+    # unless removed; the weight dropout once per attention call when p > 0, never when p = 0.
+    per_call = 2 + (1 if options.get("layer_dropout", True) else 0)
+    assert calls[0] == 2 * per_call
+    assert calls[1] == (2 if p_weights > 0 else 0)
+
+
+def test_attention_weight_dropout_acts_in_training_only() -> None:
+    """Real dropout on the weights: seeded, active in training, absent in eval; the weights
+    returned for Figure 5 stay distributions (taken before the dropout)."""
+    m = _module(iterations=2, dropout=0.0, attention_dropout=0.5)
+    image, text = _inputs()
+
+    def run(seed: int) -> MIAOutput:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return m.train()(image, text, need_weights=True)
+
+    first, again, other = run(3), run(3), run(4)
+    assert torch.equal(first.fused, again.fused)
+    assert not torch.allclose(first.fused, other.fused, atol=1e-3)
+    for w_v, w_t in first.attention:
+        assert _close(w_v.sum(-1), torch.ones_like(w_v.sum(-1)))
+        assert _close(w_t.sum(-1), torch.ones_like(w_t.sum(-1)))
+    with torch.no_grad():
+        evaluated = m.eval()(image, text)
+    assert _close(evaluated.fused, reference_mia(m.state_dict(), image, text, 2, 4)["fused"])
+    # Without weight dropout, training mode with dropout 0 is the eval-mode function.
+    plain = _module(iterations=2, dropout=0.0).train()
+    with torch.no_grad():
+        assert _close(plain(image, text).fused,
+                      reference_mia(plain.state_dict(), image, text, 2, 4)["fused"])
+
+
+def test_bad_attention_dropout_is_refused() -> None:
+    with pytest.raises(ValueError, match="attention_dropout"):
+        MutualIterativeAttention(d_model=32, heads=4, d_ff=48, attention_dropout=1.0)
 
 
 def test_self_mode_never_mixes_modalities() -> None:
