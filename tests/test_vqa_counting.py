@@ -97,7 +97,8 @@ def test_gradients_equal_the_reference():
     torch.testing.assert_close(logits.grad, torch.tensor(EXPECTED_LOGIT_GRAD, dtype=torch.float64),
                                rtol=0, atol=1e-12)
     grads = [f.weight.grad for f in counter.f]
-    assert all(g is None for g in grads[8:])  # created for the state dict, never used
+    assert all(g is None for g in grads[8:])  # created for the state dict, never used ...
+    assert [f.weight.requires_grad for f in counter.f] == [True] * 8 + [False] * 8  # ... frozen
     torch.testing.assert_close(torch.stack([g.abs().sum() for g in grads[:8]]),
                                torch.tensor(EXPECTED_WEIGHT_GRAD, dtype=torch.float64),
                                rtol=0, atol=1e-11)

@@ -28,7 +28,7 @@ f[6]  distance confidence ``|f6(D) - 0.5|``
 f[7]  output confidence, scaling the whole count vector
 ====  ==============================================================
 
-f[8]..f[15] are created but never called (so they never receive gradients); they are kept so a
+f[8]..f[15] are created but never called; they are kept (frozen: ``requires_grad=False``) so a
 state dict of the reference loads into this module key for key (``f.{i}.weight``, 17 values each)
 and gives the same counts. Unlike the reference, fewer boxes than ``objects`` are accepted (the
 graph is then built over all of them); the output keeps ``objects + 1`` entries.
@@ -100,6 +100,9 @@ class Counter(nn.Module):
         self.objects = objects
         self.already_sigmoided = already_sigmoided
         self.f = nn.ModuleList(PiecewiseLinear(16) for _ in range(NUM_FUNCTIONS))
+        for unused in self.f[USED_FUNCTIONS:]:
+            # Never called: frozen, so DistributedDataParallel needs no find_unused_parameters.
+            unused.weight.requires_grad_(False)
 
     def forward(self, boxes: Tensor, attention: Tensor) -> Tensor:
         """``boxes`` (B, 4, m) as x1, y1, x2, y2 (any consistent unit; BAN normalises by the
