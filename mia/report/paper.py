@@ -22,9 +22,16 @@ class PaperResults:
     names: dict[str, str] = field(default_factory=dict)
     variants: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    metric_names: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def value(self, run: str, metric: str) -> float | None:
-        return self.results.get(run, {}).get(metric)
+        """The published number, or ``None`` when the paper prints none for this run/metric."""
+        return self.results.get(self.aliases.get(run, run), {}).get(metric)
+
+    def header(self, metric: str) -> str:
+        """The paper's column header for one of our metric names (``ROUGE_L`` -> ``ROUGE``)."""
+        return self.metric_names.get(metric, metric)
 
     def label(self, run: str) -> str:
         """``Visual Attention w/ MIA`` for ``captioning/visual_attention/mia``."""
@@ -41,6 +48,12 @@ def load_paper_results(path: str | Path | None = None) -> PaperResults:
     else:
         text, where = Path(path).read_text(), str(path)
     data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping at the top level")
+    known = {"results", "scale", "names", "variants", "notes", "metric_names", "aliases"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown top-level key(s) {unknown}; expected {sorted(known)}")
     for key in ("results", "scale"):
         if not isinstance(data.get(key), dict):
             raise ValueError(f"{where}: top-level key {key!r} must be a mapping")
@@ -51,6 +64,11 @@ def load_paper_results(path: str | Path | None = None) -> PaperResults:
         for metric, value in metrics.items():
             if not isinstance(value, int | float):
                 raise ValueError(f"{where}: results.{run}.{metric}: {value!r} is not a number")
+    aliases = data.get("aliases") or {}
+    for run, target in aliases.items():
+        if target not in data["results"]:
+            raise ValueError(f"{where}: aliases.{run}: {target!r} is not under results")
     return PaperResults(results=data["results"], scale=data["scale"],
                         names=data.get("names", {}), variants=data.get("variants", {}),
-                        notes=data.get("notes", []))
+                        notes=data.get("notes", []), metric_names=data.get("metric_names", {}),
+                        aliases=aliases)

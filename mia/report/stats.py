@@ -27,6 +27,7 @@ Everything is vectorised with numpy in chunks of resamples, and the random strea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,7 +95,7 @@ def _seed_weights(rng: np.random.Generator, n_seeds: int, size: int) -> np.ndarr
 
 
 def bootstrap_gain(base: np.ndarray, mia: np.ndarray, *, n_resamples: int = 10_000,
-                   confidence: float = 0.95, seed: int = 0) -> Interval:
+                   confidence: float = 0.95, seed: int | Sequence[int] = 0) -> Interval:
     """Paired bootstrap interval of ``mean(mia) - mean(base)``.
 
     Args:
@@ -102,7 +103,8 @@ def bootstrap_gain(base: np.ndarray, mia: np.ndarray, *, n_resamples: int = 10_0
             of both must be the same test item (image or question).
         n_resamples: bootstrap resamples (10,000 for the report).
         confidence: coverage of the percentile interval.
-        seed: seeds the random stream; the same seed gives the same interval.
+        seed: seeds the random stream (an int or a sequence of ints, as numpy's
+            ``default_rng`` takes); the same seed gives the same interval.
     """
     base = _as_seeds_by_items(base, "base")
     mia = _as_seeds_by_items(mia, "mia")

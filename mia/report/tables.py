@@ -1,7 +1,14 @@
-"""The paper's tables with our numbers: one row per run, per metric (ours, paper, ours - paper).
+"""The paper's tables with our numbers: rows and columns as the config lists them (the paper's
+order), each cell ours (mean +- sd over seeds) / paper / ours - paper.
 
-Our metrics files are what ``mia evaluate`` writes; their numbers are brought to the paper's scale
-(coco-caption scores x100) before the comparison, so a difference reads in the paper's units.
+Rows compete within their baseline: a baseline against its ``w/ MIA`` (Tables 1-3), the three
+rows of one model in Table 4 and section 3.3, the five N of one model in Figure 4's table. The
+best of each column within such a group is marked, ours and the paper's separately (the paper's
+marks reproduce its bold face).
+
+VQA tables get two extra columns first, Test-dev and Test-std, which hold the evaluation
+server's overall accuracy when the server result files were fetched; the config's metrics (overall
+and per answer type) follow, computed locally on the evaluation split.
 """
 
 from __future__ import annotations
@@ -10,25 +17,39 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mia.report.inputs import SERVER_SPLITS
 from mia.report.paper import PaperResults
+from mia.report.results import RunResult, Value
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # metric name in our results and in paper_results.yaml
+    header: str  # as the paper prints it
+    server: bool = False  # read from the VQA evaluation server's result files
 
 
 @dataclass(frozen=True)
 class Cell:
-    ours: float | None
+    ours: Value
     paper: float | None
+    best_ours: bool = False
+    best_paper: bool = False
+    note: str | None = None  # footnote marker of the reason ours is n/a
 
     @property
     def diff(self) -> float | None:
-        if self.ours is None or self.paper is None:
+        if self.ours.mean is None or self.paper is None:
             return None
-        return self.ours - self.paper
+        return self.ours.mean - self.paper
 
 
 @dataclass(frozen=True)
 class Row:
     run: str
     label: str
+    group: str  # task/baseline: the rows that compete
+    seeds: tuple[int, ...]
     cells: tuple[Cell, ...]
 
 
@@ -36,52 +57,92 @@ class Row:
 class Table:
     key: str
     title: str
-    metrics: tuple[str, ...]
+    task: str
+    columns: tuple[Column, ...]
+    column_groups: tuple[tuple[str, int], ...]  # (label, span) over the columns, may be empty
     rows: tuple[Row, ...]
+    notes: tuple[tuple[str, str], ...]  # (marker, text): why cells are n/a
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(c.key for c in self.columns)
 
 
-def flatten_metrics(raw: Mapping[str, Any]) -> dict[str, float]:
-    """``{metric: value}`` from a metrics JSON.
-
-    Top-level numbers win; numbers in nested mappings (``{"metrics": {...}}``,
-    ``{"perAnswerType": {"number": ..}}``) are added under their own key when not already there.
-    """
-    flat: dict[str, float] = {}
-    nested: list[Mapping[str, Any]] = []
-    for key, value in raw.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            flat[key] = float(value)
-        elif isinstance(value, Mapping):
-            nested.append(value)
-    for sub in nested:
-        for key, value in flatten_metrics(sub).items():
-            flat.setdefault(key, value)
-    return flat
+def short_reason(reason: str) -> str:
+    """A few words for a table cell; the whole reason goes to the table's notes."""
+    lowered = reason.lower()
+    for needle, short in (("not requested", "not requested"), ("java", "no Java"),
+                          ("corenlp", "no CoreNLP jars"), ("no server result", "not submitted"),
+                          ("not computed", "not computed")):
+        if needle in lowered:
+            return short
+    return reason if len(reason) <= 24 else reason[:22].rstrip() + "..."
 
 
-def _lookup(metrics: Mapping[str, float], name: str) -> float | None:
-    if name in metrics:
-        return metrics[name]
-    lowered = {k.lower(): v for k, v in metrics.items()}
-    return lowered.get(name.lower())
+def _best(values: Sequence[float | None], digits: int) -> list[bool]:
+    """Which values are the largest, at the precision shown (ties all win); nothing is marked
+    when fewer than two values compete."""
+    shown = [None if v is None else round(v, digits) for v in values]
+    present = [v for v in shown if v is not None]
+    if len(present) < 2:
+        return [False] * len(values)
+    top = max(present)
+    return [v is not None and v == top for v in shown]
 
 
-def build_table(key: str, spec: Mapping[str, Any], metrics_by_run: Mapping[str, Mapping[str, Any]],
+def _columns(spec: Mapping[str, Any], paper: PaperResults) -> tuple[list[Column],
+                                                                    list[tuple[str, int]]]:
+    local = [Column(m, paper.header(m)) for m in spec["metrics"]]
+    if spec["task"] != "vqa":
+        return local, []
+    server = [Column(s, paper.header(s), server=True) for s in SERVER_SPLITS]
+    split = spec.get("split", "val")
+    return server + local, [("evaluation server", len(server)), (f"ours on {split} (local)",
+                                                                  len(local))]
+
+
+def build_table(key: str, spec: Mapping[str, Any], results: Mapping[str, RunResult],
                 paper: PaperResults) -> Table:
-    """Table ``key`` of the config (``title``, ``task``, ``metrics``, ``runs``).
+    """Table ``key`` of the config (``title``, ``task``, ``metrics``, ``runs``); every run of
+    the spec must be in ``results``."""
+    columns, groups = _columns(spec, paper)
+    runs = list(spec["runs"])
+    missing = [r for r in runs if r not in results]
+    if missing:
+        raise ValueError(f"table {key}: no results for run(s) {missing}")
+    reasons: dict[str, str] = {}  # full reason -> footnote marker
 
-    ``metrics_by_run[run]`` is the run's metrics JSON (missing runs give empty cells).
-    """
-    scale = float(paper.scale.get(spec["task"], 1.0))
-    metric_names: Sequence[str] = spec["metrics"]
+    def ours(run: str, column: Column) -> Value:
+        result = results[run]
+        return result.server_value(column.key) if column.server else result.value(column.key)
+
+    values = {(run, c.key): ours(run, c) for run in runs for c in columns}
+    best_ours: dict[tuple[str, str], bool] = {}
+    best_paper: dict[tuple[str, str], bool] = {}
+    group_of = {run: "/".join(run.split("/")[:2]) for run in runs}
+    for group in dict.fromkeys(group_of.values()):
+        members = [r for r in runs if group_of[r] == group]
+        for c in columns:
+            for run, flag in zip(members, _best([values[(r, c.key)].mean for r in members], 2),
+                                 strict=True):
+                best_ours[(run, c.key)] = flag
+            for run, flag in zip(members, _best([paper.value(r, c.key) for r in members], 1),
+                                 strict=True):
+                best_paper[(run, c.key)] = flag
+
     rows = []
-    for run in spec["runs"]:
-        ours = flatten_metrics(metrics_by_run.get(run, {}))
+    for run in runs:
         cells = []
-        for metric in metric_names:
-            value = _lookup(ours, metric)
-            cells.append(Cell(None if value is None else value * scale, paper.value(run, metric)))
-        rows.append(Row(run, paper.label(run), tuple(cells)))
-    return Table(key, spec.get("title", key), tuple(metric_names), tuple(rows))
+        for c in columns:
+            value = values[(run, c.key)]
+            note = None
+            if value.mean is None and value.reason:
+                note = reasons.setdefault(value.reason, "abcdefghijklmnopqrstuvwxyz"[
+                    len(reasons) % 26])
+            cells.append(Cell(value, paper.value(run, c.key), best_ours[(run, c.key)],
+                              best_paper[(run, c.key)], note))
+        rows.append(Row(run, paper.label(run), group_of[run],
+                        tuple(sorted(results[run].seeds)), tuple(cells)))
+    notes = tuple((marker, reason) for reason, marker in reasons.items())
+    return Table(key, spec.get("title", key), spec["task"], tuple(columns), tuple(groups),
+                 tuple(rows), notes)
