@@ -1,12 +1,28 @@
 """Greedy decoding and batched beam search over any captioner's ``decoder.step``.
 
-Beam search keeps ``K`` hypotheses per image as a ``(B, K)`` grid and loops only over time steps:
-at each step the ``K x V`` extensions of each image are ranked together with one ``topk``, and the
-decoder's state is gathered from the beams they extend. A beam that has emitted ``<eos>`` is
-frozen: its only continuation is ``<pad>`` at log-probability 0, so its score (the sum of its
-tokens' log-probabilities, ``<eos>`` included, no length penalty) never changes and it competes
-with the open beams on that score. ``<pad>`` and ``<bos>`` are never generated. With ``K = 1``
-this is exactly greedy decoding.
+Beam search keeps ``K`` OPEN hypotheses per image as a ``(B, K)`` grid and loops only over time
+steps; a hypothesis that ends is set aside and never competes for a beam again. At each step the
+``K x V`` extensions of an image's open beams are ranked together (one ``topk`` of ``2K``):
+
+* an ``<eos>`` extension ranked among the first ``K`` is a finished hypothesis; it replaces the
+  image's best finished one if its score (the sum of its tokens' log-probabilities, ``<eos>``
+  included, no length penalty) is higher;
+* the ``K`` best extensions that are not ``<eos>`` become the open beams (there are always ``K``
+  of them: at most one ``<eos>`` extension per beam among the ``2K``).
+
+Scores only decrease as words are added, so an image whose best finished score is at least its
+best open score is settled; decoding stops when every image is. At ``max_length`` steps the open
+beams are cut, and the best of them competes with the finished ones on its score so far.
+``<pad>`` and ``<bos>`` are never generated. With ``K = 1`` this is exactly greedy decoding.
+
+Why not the simpler grid where a finished beam stays in its slot and competes with the open ones
+(this project's first version, and close to the released ``Models/Beam.py``, which even keeps
+extending finished beams and stops when the top beam ends): there ``K`` open extensions that
+score better than a finished hypothesis push it out of the grid, and if they later end worse, the
+better finished caption is lost. ``tests/test_captioning_beam.py`` has a model where that happens.
+
+``max_length`` counts decoding steps, ``<eos>`` included: the released decoder runs
+``range(1, 20)``, 19 steps (:data:`RELEASED_MAX_STEPS`).
 """
 
 from __future__ import annotations
@@ -18,6 +34,8 @@ from torch import Tensor, nn
 
 # Caption vocabulary layout fixed by docs/CONTRACTS.md.
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
+#: Decoding steps of the released ``Models/Generator.py`` (``range(1, max_caption_length=20)``).
+RELEASED_MAX_STEPS = 19
 
 
 @dataclass
@@ -79,29 +97,48 @@ def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_size: int,
     # Only beam 0 is live at the start; the others would duplicate it.
     scores = torch.full((b, k), float("-inf"), device=device)
     scores[:, 0] = 0.0
-    finished = torch.zeros(b, k, dtype=torch.bool, device=device)
     tokens = torch.zeros(b, k, 0, dtype=torch.long, device=device)
+    best_score = torch.full((b,), float("-inf"), device=device)
+    best_tokens = torch.full((b, max_length), PAD, dtype=torch.long, device=device)
     image_offset = torch.arange(b, device=device).unsqueeze(1) * k  # (B, 1)
+    rank = torch.arange(2 * k, device=device)
     for t in range(max_length):
         logits, state = decoder.step(words, state, ctx)
         logp = _log_probs(logits).view(b, k, -1)  # (B, K, V)
         vocab = logp.shape[-1]
-        frozen = torch.full((vocab,), float("-inf"), device=device)
-        frozen[PAD] = 0.0
-        logp = torch.where(finished.unsqueeze(-1), frozen, logp)
-        scores, flat = (scores.unsqueeze(-1) + logp).view(b, k * vocab).topk(k, dim=-1)
-        origin, word = flat // vocab, flat % vocab  # (B, K) each
+        cand, flat = (scores.unsqueeze(-1) + logp).view(b, k * vocab).topk(
+            min(2 * k, k * vocab), dim=-1)  # (B, 2K), best first
+        origin, word = flat // vocab, flat % vocab
+        is_eos = word == EOS
+        # Finished: <eos> extensions ranked among the first K; keep each image's best.
+        finished = torch.where(is_eos & (rank[:cand.shape[1]] < k), cand,
+                               torch.full_like(cand, float("-inf")))
+        top_finished, which = finished.max(dim=-1)  # (B,)
+        better = top_finished > best_score
+        if bool(better.any()):
+            src = origin.gather(1, which[:, None]).squeeze(1)  # (B,) beam it extends
+            ended = torch.cat([tokens[torch.arange(b, device=device), src],
+                               torch.full((b, 1), EOS, dtype=torch.long, device=device)], -1)
+            best_tokens = torch.where(better[:, None], _pad_to(ended, max_length), best_tokens)
+            best_score = torch.where(better, top_finished, best_score)
+        # Open: the first K candidates that are not <eos> (stable: rank order kept).
+        keep = torch.where(is_eos, rank[:cand.shape[1]] + 2 * k, rank[:cand.shape[1]])
+        keep = keep.argsort(dim=-1)[:, :k]  # (B, K) indices into the 2K candidates
+        scores = cand.gather(1, keep)
+        origin, word = origin.gather(1, keep), word.gather(1, keep)
         rows = (image_offset + origin).view(-1)
         state = tuple(s.index_select(0, rows) for s in state)
         tokens = torch.cat([tokens.gather(1, origin.unsqueeze(-1).expand(-1, -1, t)),
                             word.unsqueeze(-1)], dim=-1)
-        finished = finished.gather(1, origin) | (word == EOS)
         words = word.view(-1)
-        if bool(finished.all()):
-            break
-    best = scores.argmax(dim=-1)
+        if bool((best_score >= scores.max(dim=-1).values).all()):
+            break  # no open beam can still beat a finished caption of its image
+    # Captions cut at max_length compete on their score so far.
+    open_best, which = scores.max(dim=-1)
+    cut = open_best > best_score
     index = torch.arange(b, device=device)
-    return Decoded(_pad_to(tokens[index, best], max_length), scores[index, best])
+    best_tokens = torch.where(cut[:, None], _pad_to(tokens[index, which], max_length), best_tokens)
+    return Decoded(best_tokens, torch.where(cut, open_best, best_score))
 
 
 def decode(model: nn.Module, batch: dict[str, Tensor], beam_size: int,

@@ -7,16 +7,26 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from mia import variants
+
 T = TypeVar("T")
 
-#: Encoder variants of DESIGN.md section 2 (``mia_n{k}`` is MIA with k iterations).
-VARIANTS = ("base", "mia", "mia_visual", "mia_concepts", "self_attention")
-_ITERATION_VARIANT = re.compile(r"^mia_n([1-9][0-9]*)$")
+#: Encoder variants (mia.variants: the one definition shared with the workflow and schema;
+#: ``mia_n{k}`` is MIA with k iterations).
+VARIANTS = variants.VARIANTS
+
+#: MIA settings where the authors' released code and the paper's text differ (docs/RECIPE.md).
+#: ``released`` is the default of the captioners: the paper's numbers come from that code.
+MIA_MODES: dict[str, dict[str, Any]] = {
+    "released": {"mia_attention_bias": True, "mia_textual_layer_shortcut": False,
+                 "mia_attention_dropout": 0.1, "mia_layer_dropout": False},
+    "paper": {"mia_attention_bias": False, "mia_textual_layer_shortcut": True,
+              "mia_attention_dropout": 0.0, "mia_layer_dropout": True},
+}
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") -> T:
@@ -32,11 +42,61 @@ def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") ->
 
 
 @dataclass
+class CNNConfig:
+    """The ResNet that computes grid features on the fly when the CNN is fine-tuned.
+
+    Defaults are the released recipe (fenglinliu98/MIA ``Train.py``): ResNet-152 from ImageNet,
+    ``children()[5:]`` (layer2..layer4) trained with Adam lr 1e-5, betas (0.8, 0.999); images
+    resized to 256 x 256 (``resize_images.py``), then a random 224 crop and a horizontal flip for
+    training, a plain 224 x 224 resize for evaluation (``Test.py``). ``workers`` decode images in
+    DataLoader processes. ``weights_path`` is a local ImageNet ``state_dict`` for offline nodes.
+    """
+
+    backbone: str = "resnet152"
+    pretrained: bool = True
+    weights: str = "IMAGENET1K_V1"
+    weights_path: str | None = None
+    first_trained_child: int = 5  # children()[5:] = layer2, layer3, layer4
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.8, 0.999)
+    resize: int = 256
+    crop: int = 224
+    flip: bool = True
+    workers: int = 4
+    seed: int = 0  # random weights only (pretrained: false)
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if not 0 <= self.first_trained_child <= 8:
+            raise ValueError(f"captioner.cnn.first_trained_child: {self.first_trained_child} is "
+                             "not in 0..8 (children of the trunk: conv1 bn1 relu maxpool layer1 "
+                             "layer2 layer3 layer4)")
+        if self.crop > self.resize:
+            raise ValueError(f"captioner.cnn.crop ({self.crop}) exceeds resize ({self.resize})")
+        if self.workers < 0:
+            raise ValueError(f"captioner.cnn.workers must be >= 0, got {self.workers}")
+
+
+@dataclass
 class CaptionerConfig:
     """One captioning model: which baseline decoder, which encoder variant, and sizes.
 
-    Defaults follow the authors' released code (d=512 everywhere, dropout 0.5 in the decoder,
-    MIA with 8 heads, FFN 2048, dropout 0.1, N=2).
+    Defaults follow the authors' released code (Models/Main.py, MIA.py; docs/RECIPE.md): d=512
+    everywhere, dropout 0.5 in the decoder, additive attention of hidden size 49, the pooled
+    concepts added to the word inputs without a linear map, the released initialisation, and MIA
+    with 8 heads, FFN 2048, dropout 0.1, N=2 in its released form (``mia_mode``).
+
+    ``mia_mode`` presets the four MIA settings where code and paper differ (:data:`MIA_MODES`);
+    each ``mia_*`` field left at None takes the preset's value, a value given wins. After
+    construction every one of them holds a concrete value.
+
+    ``concept_pooling``: what the Concept models add to every word input: ``mean`` (released:
+    mean(T), no linear, no dropout) or ``linear`` (Linear(dropout(mean T)), like the Visual
+    models' v_a). ``init``: ``released`` (the authors' initialisers) or ``pytorch`` (defaults).
+
+    ``fine_tune_cnn_after_epoch``: None keeps the precomputed (frozen) grid features; an integer
+    e makes the ResNet part of the model, fed with images, and trains its ``cnn`` layers from
+    epoch e + 1 on (released: 8). Only for grid-feature baselines.
     """
 
     baseline: str = "visual_attention"
@@ -44,26 +104,45 @@ class CaptionerConfig:
     feature_dim: int = 2048  # C of the visual feature store
     d_model: int = 512  # memory size, MIA size and LSTM hidden size
     embed_dim: int = 512  # caption word embedding (tied to the concept embedding)
-    attention_dim: int = 512  # hidden size of the decoder's additive attention
+    attention_dim: int = 49  # hidden size of the decoder's additive attention (released: 49)
     dropout: float = 0.5
     decoder_style: Literal["released", "show_attend_tell"] = "released"
+    concept_pooling: Literal["mean", "linear"] = "mean"
+    init: Literal["released", "pytorch"] = "released"
     mia_heads: int = 8
     mia_d_ff: int = 2048
     mia_iterations: int = 2
     mia_dropout: float = 0.1
     mia_order: Literal["visual_first", "concepts_first"] = "visual_first"
-    mia_textual_layer_shortcut: bool = True
+    mia_mode: Literal["released", "paper"] = "released"
+    mia_attention_bias: bool | None = None
+    mia_textual_layer_shortcut: bool | None = None
+    mia_attention_dropout: float | None = None
+    mia_layer_dropout: bool | None = None
+    fine_tune_cnn_after_epoch: int | None = None
+    cnn: dict[str, Any] = field(default_factory=dict)  # CNNConfig fields
     # Settings only one baseline reads (Up-Down's rnn size, the Transformer's layers, ...): the
     # baseline's builder parses them into its own dataclass, which refuses unknown keys.
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS and not _ITERATION_VARIANT.match(self.variant):
-            raise ValueError(f"captioner.variant: unknown variant {self.variant!r}; expected one "
-                             f"of {list(VARIANTS)} or mia_n<k> (k >= 1)")
-        if self.decoder_style not in ("released", "show_attend_tell"):
-            raise ValueError(f"captioner.decoder_style: {self.decoder_style!r} is not "
-                             "'released' or 'show_attend_tell'")
+        variants.check_variant(self.variant, "captioner.variant")
+        choices = {"decoder_style": ("released", "show_attend_tell"),
+                   "concept_pooling": ("mean", "linear"), "init": ("released", "pytorch"),
+                   "mia_mode": tuple(MIA_MODES)}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"captioner.{key}: {getattr(self, key)!r} is not one of "
+                                 f"{list(allowed)}")
+        for key, value in MIA_MODES[self.mia_mode].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.fine_tune_cnn_after_epoch is not None and self.fine_tune_cnn_after_epoch < 0:
+            raise ValueError("captioner.fine_tune_cnn_after_epoch: must be >= 0 or null, got "
+                             f"{self.fine_tune_cnn_after_epoch}")
+        if isinstance(self.cnn, CNNConfig):
+            self.cnn = dataclasses.asdict(self.cnn)
+        self.cnn_config()  # refuse unknown or bad keys now, not when training starts
 
     @property
     def uses_mia(self) -> bool:
@@ -72,8 +151,14 @@ class CaptionerConfig:
     @property
     def iterations(self) -> int:
         """MIA's N for this variant (``mia_n3`` -> 3, otherwise ``mia_iterations``)."""
-        match = _ITERATION_VARIANT.match(self.variant)
-        return int(match.group(1)) if match else self.mia_iterations
+        return variants.iterations(self.variant, self.mia_iterations)
+
+    @property
+    def fine_tunes_cnn(self) -> bool:
+        return self.fine_tune_cnn_after_epoch is not None
+
+    def cnn_config(self) -> CNNConfig:
+        return from_dict(CNNConfig, self.cnn, "captioner.cnn")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "captioner") -> CaptionerConfig:
@@ -82,7 +167,7 @@ class CaptionerConfig:
 
 @dataclass
 class TrainConfig:
-    """Cross-entropy training of one captioner (DESIGN.md section 3, without the released quirks).
+    """Cross-entropy training of one captioner (docs/RECIPE.md, without the released quirks).
 
     Learning rate: ``lr`` (optionally warmed up linearly over ``warmup_steps``), then after epoch
     ``lr_decay_start`` (1-based epochs) multiplied by
@@ -106,7 +191,7 @@ class TrainConfig:
     seed: int = 123
     val_beam_size: int = 1  # 1 = greedy; validation only picks the checkpoint
     val_batch_size: int = 100
-    max_length: int = 20  # most words a decoded caption may have
+    max_length: int = 19  # decoding steps, <eos> included (released: range(1, 20) = 19)
     checkpoint_every: int = 1000  # steps between last.pt snapshots (0: only at epoch ends)
     log_every: int = 100  # steps between progress lines in the log (0: none)
     max_nonfinite_steps: int = 5  # non-finite loss/gradient steps skipped before training fails

@@ -8,7 +8,7 @@ is already lower-cased and tokenised, so there is nothing else to undo).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,12 @@ def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @torch.no_grad()
 def caption_split(model: torch.nn.Module, data: Any, split: str, beam_size: int, max_length: int,
-                  batch_size: int = 100, should_stop: Callable[[], bool] | None = None
-                  ) -> dict[int, str] | None:
+                  batch_size: int = 100, should_stop: Callable[[], bool] | None = None,
+                  images: Any = None) -> dict[int, str] | None:
     """``{image_id: caption}`` for every image of ``split`` (model put in eval mode).
+
+    ``images``: a ``finetune.CaptionImages`` (evaluation transform) for captioners that fine-tuned
+    their CNN and so read images; ignored otherwise.
 
     ``should_stop`` is asked between batches (a training job told to stop mid-validation);
     when it says yes, decoding ends and None is returned.
@@ -64,7 +67,16 @@ def caption_split(model: torch.nn.Module, data: Any, split: str, beam_size: int,
     words = vocab_words(data.vocab)
     device = next(model.parameters()).device
     captions: dict[int, str] = {}
-    for batch in data.eval_batches(split, batch_size):
+    batches = data.eval_batches(split, batch_size)
+    if getattr(model, "cnn", None) is not None:  # a fine-tuned CNN reads images, not features
+        if images is None:
+            raise ValueError("this captioner fine-tuned its CNN, so it captions from images: pass "
+                             "images=CaptionImages(paths, cfg.cnn_config(), train=False) "
+                             "(mia.captioning.finetune)")
+        from mia.captioning.finetune import with_images
+
+        batches = with_images(batches, images, images.cfg.workers)
+    for batch in batches:
         if should_stop is not None and should_stop():
             model.train(was_training)
             return None
@@ -87,14 +99,29 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
 
 
 def decode_split(checkpoint: str | os.PathLike, data: Any, split: str, beam_size: int = 3,
-                 max_length: int = 20, out_path: str | os.PathLike | None = None,
-                 device: str = "auto", batch_size: int = 100) -> list[dict[str, Any]]:
-    """Caption every image of ``split``; optionally write the COCO results JSON to ``out_path``."""
+                 max_length: int = 19, out_path: str | os.PathLike | None = None,
+                 device: str = "auto", batch_size: int = 100,
+                 image_paths: Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+    """Caption every image of ``split``; optionally write the COCO results JSON to ``out_path``.
+
+    ``max_length`` counts decoding steps, ``<eos>`` included (the released ``range(1, 20)``: 19).
+    ``image_paths`` (``{image_id: file}``, e.g. ``finetune.image_paths_from_karpathy``) is needed
+    only for a captioner that fine-tuned its CNN.
+    """
     model, vocab = load_captioner(checkpoint, device)
     if vocab != vocab_words(data.vocab):
         raise ValueError(f"{checkpoint}: the checkpoint's vocabulary differs from the data's; "
                          "decode with the captions store the model was trained on")
-    captions = caption_split(model, data, split, beam_size, max_length, batch_size)
+    images = None
+    if getattr(model, "cnn", None) is not None:
+        if image_paths is None:
+            raise ValueError(f"{checkpoint}: this captioner fine-tuned its CNN and captions from "
+                             "images; pass image_paths (finetune.image_paths_from_karpathy)")
+        from mia.captioning.finetune import CaptionImages
+
+        images = CaptionImages(image_paths, model.cfg.cnn_config(), train=False)
+    captions = caption_split(model, data, split, beam_size, max_length, batch_size,
+                             images=images)
     results = [{"image_id": image_id, "caption": caption} for image_id, caption in
                captions.items()]
     if out_path is not None:

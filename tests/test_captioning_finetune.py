@@ -1,0 +1,251 @@
+"""CNN fine-tuning of the grid captioners (released Train.py): ResNet children()[5:] (layer2-4)
+train with Adam lr 1e-5 after ``fine_tune_cnn_after_epoch``; stem and layer1 never change.
+
+Tiny images (80 x 60 PNGs), resnet18 with random weights, resized to 40 x 40 and cropped to
+32 x 32 (one grid cell: 32 / 32): enough to see which parameters a step moves, in seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from test_captioning_model import tiny_batch
+
+from mia.captioning.beam import PAD
+from mia.captioning.config import CaptionerConfig
+from mia.captioning.decode import caption_split
+from mia.captioning.finetune import (
+    CNN_GROUP,
+    CaptionImages,
+    GridCNN,
+    cnn_epoch_start,
+    grid_cells,
+    load_imagenet_weights,
+    parameter_groups,
+    set_captioner_lr,
+    with_images,
+)
+from mia.captioning.models import build_captioner
+
+VOCAB = 12
+CNN = {"backbone": "resnet18", "pretrained": False, "resize": 40, "crop": 32, "workers": 0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions: one thread is faster than two fighting over a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def image_paths(tmp_path_factory) -> dict[int, str]:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = {}
+    for image_id in range(100, 106):
+        path = root / f"{image_id}.png"
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(path)
+        paths[image_id] = str(path)
+    return paths
+
+
+def _cfg(after: int | None = 1, **cnn) -> CaptionerConfig:
+    return CaptionerConfig(baseline="visual_attention", variant="mia", feature_dim=512,
+                           d_model=16, embed_dim=16, attention_dim=16, dropout=0.1,
+                           mia_heads=2, mia_d_ff=32, fine_tune_cnn_after_epoch=after,
+                           cnn={**CNN, **cnn})
+
+
+def _batches(n: int = 2, b: int = 3) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for i in range(n):
+        batch = tiny_batch(b=b, n=4, k=5, seed=i)
+        batch["image_ids"] = torch.tensor([100 + (i + j) % 6 for j in range(b)])
+        del batch["features"], batch["feature_mask"]  # a fine-tuning run reads images instead
+        out.append(batch)
+    return out
+
+
+def _step(model, optimizer, batch) -> None:
+    logits = model(batch)
+    loss = F.cross_entropy(logits.transpose(1, 2), batch["captions"][:, 1:], ignore_index=PAD)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    return {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
+
+
+def test_frozen_precomputed_features_stay_the_default():
+    torch.manual_seed(0)
+    model = build_captioner(CaptionerConfig(baseline="visual_attention", feature_dim=8,
+                                            d_model=16, embed_dim=16, mia_heads=2), VOCAB)
+    assert model.cnn is None and not model.cfg.fine_tunes_cnn
+    groups = parameter_groups(model, 5e-4)
+    assert len(groups) == 1 and groups[0]["lr"] == 5e-4
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert cnn_epoch_start(model, 20) is False
+    model(tiny_batch())  # reads precomputed "features"
+
+
+def test_grid_cnn_is_the_trunk_children_5_on(image_paths):
+    """children()[:5] = conv1 bn1 relu maxpool layer1 (frozen); [5:] = layer2 layer3 layer4."""
+    cnn = GridCNN(_cfg().cnn_config())
+    assert len(cnn.frozen) == 5 and len(cnn.tuned) == 3
+    assert [type(m).__name__ for m in cnn.frozen] == ["Conv2d", "BatchNorm2d", "ReLU",
+                                                      "MaxPool2d", "Sequential"]
+    assert grid_cells(_cfg().cnn_config()) == 1 and grid_cells(_cfg(crop=224, resize=256)
+                                                                .cnn_config()) == 49
+    images = torch.randn(2, 3, 64, 64)
+    feats = cnn(images)
+    assert feats.shape == (2, 4, 512)
+    fmap = cnn.tuned(cnn.frozen(images))  # (2, 512, 2, 2): row-major cells
+    torch.testing.assert_close(feats[:, 1], fmap[:, :, 0, 1])
+    assert not any(p.requires_grad for p in cnn.parameters())
+
+
+def test_cnn_trains_layers_2_to_4_only_after_the_epoch(image_paths):
+    torch.manual_seed(0)
+    model = build_captioner(_cfg(after=1), VOCAB)
+    assert model.cnn is not None
+    groups = parameter_groups(model, 5e-4)
+    cnn_group = next(g for g in groups if g["name"] == CNN_GROUP)
+    assert cnn_group["lr"] == 1e-5 and tuple(cnn_group["betas"]) == (0.8, 0.999)
+    tuned = {id(p) for p in model.cnn.tuned.parameters()}
+    assert {id(p) for p in cnn_group["params"]} == tuned
+    frozen_ids = {id(p) for p in model.cnn.frozen.parameters()}
+    assert not frozen_ids & {id(p) for g in groups for p in g["params"]}
+    optimizer = torch.optim.Adam(groups, betas=(0.8, 0.999))
+    set_captioner_lr(optimizer, 2e-4)
+    assert [g["lr"] for g in optimizer.param_groups] == [2e-4, 1e-5]
+    images = CaptionImages(image_paths, model.cfg.cnn_config(), train=True)
+
+    # Epoch 1 (<= fine_tune_cnn_after_epoch): the whole CNN, BatchNorm statistics included, stays.
+    assert cnn_epoch_start(model, 1) is False
+    model.train()
+    cnn_before, decoder_before = _snapshot(model.cnn), _snapshot(model.decoder)
+    for batch in with_images(iter(_batches()), images, workers=0, seed=1, epoch=1):
+        _step(model, optimizer, batch)
+    assert _changed(cnn_before, model.cnn) == set()
+    assert _changed(decoder_before, model.decoder)
+
+    # Epoch 2: layer2-4 (children 5..7) change; conv1/bn1/layer1, parameters and buffers, do not.
+    assert cnn_epoch_start(model, 2) is True
+    model.train()
+    assert model.cnn.tuned.training and not model.cnn.frozen.training
+    before = _snapshot(model.cnn)
+    for batch in with_images(iter(_batches()), images, workers=0, seed=1, epoch=2):
+        _step(model, optimizer, batch)
+    changed = _changed(before, model.cnn)
+    assert not any(k.startswith("frozen.") for k in changed), sorted(changed)
+    for child in ("tuned.0.", "tuned.1.", "tuned.2."):  # layer2, layer3, layer4
+        assert any(k.startswith(child) and k.endswith("conv1.weight") for k in changed), child
+    assert optimizer.param_groups[1]["lr"] == 1e-5
+
+
+def test_checkpoint_round_trip_keeps_the_cnn():
+    torch.manual_seed(0)
+    model = build_captioner(_cfg(), VOCAB)
+    state = model.state_dict()
+    assert any(k.startswith("cnn.tuned.") for k in state)
+    torch.manual_seed(1)
+    again = build_captioner(_cfg(), VOCAB)
+    again.load_state_dict(state)  # strict: same architecture from the config alone
+
+
+def test_images_are_required_and_decoded_deterministically(image_paths):
+    torch.manual_seed(0)
+    model = build_captioner(_cfg(), VOCAB).eval()
+    with pytest.raises(ValueError, match="with_images"):
+        model(tiny_batch())  # precomputed features cannot feed a fine-tuned CNN
+    cfg = model.cfg.cnn_config()
+    train = CaptionImages(image_paths, cfg, train=True)
+
+    def pixels(epoch: int, start: int = 0) -> list[torch.Tensor]:
+        batches = _batches(3)[start:]
+        return [b["images"] for b in with_images(iter(batches), train, 0, seed=5, epoch=epoch,
+                                                 start=start)]
+
+    first = pixels(1)
+    assert first[0].shape == (3, 3, 32, 32)
+    assert all(torch.equal(a, b) for a, b in zip(first, pixels(1), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, pixels(2), strict=True))
+    resumed = pixels(1, start=1)  # a resumed epoch sees the pixels of the uninterrupted one
+    assert all(torch.equal(a, b) for a, b in zip(first[1:], resumed, strict=True))
+    # Worker processes decode the same pixels as the main process.
+    workers = [b["images"] for b in with_images(iter(_batches(3)), train, 2, seed=5, epoch=1)]
+    assert all(torch.equal(a, b) for a, b in zip(first, workers, strict=True))
+
+
+def test_train_and_eval_transforms(image_paths):
+    """Training: a random 32 px window of the 40 x 40 resize, mirrored half the time (the
+    released RandomCrop(224) + RandomHorizontalFlip of the 256 x 256 copies); evaluation: the
+    original resized to 32 x 32, nothing random (Test.py)."""
+    from mia.features.images import to_normalised_tensor
+
+    image_id, path = next(iter(image_paths.items()))
+    with Image.open(path) as img:
+        full = to_normalised_tensor(img.convert("RGB").resize((40, 40), Image.BILINEAR))
+        direct = to_normalised_tensor(img.convert("RGB").resize((32, 32), Image.BILINEAR))
+    windows = [full[:, t:t + 32, le:le + 32] for t in range(9) for le in range(9)]
+    images = CaptionImages(image_paths, _cfg(flip=True).cnn_config(), train=True)
+    kinds = []
+    for seed in range(24):
+        crop = images[(image_id, seed)]
+        plain = sum(torch.equal(crop, w) for w in windows)
+        mirrored = sum(torch.equal(crop, w.flip(-1)) for w in windows)
+        assert plain + mirrored == 1, seed
+        kinds.append(mirrored)
+    assert 0 < sum(kinds) < len(kinds)  # both kinds occur
+    no_flip = CaptionImages(image_paths, _cfg(flip=False).cnn_config(), train=True)
+    assert all(any(torch.equal(no_flip[(image_id, s)], w) for w in windows) for s in range(8))
+    evaluated = CaptionImages(image_paths, _cfg().cnn_config(), train=False)[(image_id, 0)]
+    assert torch.equal(evaluated, direct)
+
+
+def test_decoding_a_fine_tuned_model_reads_images(image_paths):
+    torch.manual_seed(0)
+    model = build_captioner(_cfg(), VOCAB)
+
+    class Data:
+        vocab = [f"w{i}" for i in range(VOCAB)]
+
+        def eval_batches(self, split, batch_size):
+            for batch in _batches(2):
+                yield {k: batch[k] for k in ("image_ids", "concepts", "concept_mask")}
+
+    with pytest.raises(ValueError, match="images="):
+        caption_split(model, Data(), "val", 2, 5)
+    images = CaptionImages(image_paths, model.cfg.cnn_config(), train=False)
+    captions = caption_split(model, Data(), "val", 2, 5, images=images)
+    assert sorted(captions) == [100, 101, 102, 103]
+
+
+def test_imagenet_weights_load_into_the_cnn(tmp_path):
+    from mia.vision import torchvision
+
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_captioner(_cfg(pretrained=True, weights_path=str(path)), VOCAB)
+    load_imagenet_weights(model)
+    torch.testing.assert_close(model.cnn.frozen[0].weight, reference.conv1.weight)
+    torch.testing.assert_close(model.cnn.tuned[2][1].conv2.weight, reference.layer4[1].conv2.weight)
+    # Random-weight configs load nothing (and need no file).
+    plain = build_captioner(_cfg(), VOCAB)
+    before = _snapshot(plain.cnn)
+    load_imagenet_weights(plain)
+    assert _changed(before, plain.cnn) == set()
