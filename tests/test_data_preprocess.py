@@ -101,6 +101,68 @@ def test_references_load_in_pycocotools(caption_store):
         assert got == [s["raw"] for s in img["sentences"]]  # raw, untokenised captions
 
 
+def test_caption_text_keeps_every_word_of_every_caption(caption_store):
+    """``caption_text``: the caption's own tokens, never <unk>-ed, never cut at max_length."""
+    karpathy, store, _ = caption_store
+    sentences = [s for img in karpathy["images"] for s in img["sentences"]]
+    text = [t.decode() if isinstance(t, bytes) else t for t in store["caption_text"]]
+    assert text == [" ".join(s["tokens"]) for s in sentences]
+    assert any(len(s["tokens"]) > 8 for s in sentences)  # some are longer than max_length = 8
+
+
+def test_default_keeps_whole_captions(tmp_path):
+    """``max_length: null`` (the default, as the released loader): nothing is cut."""
+    assert CaptionPreprocessConfig().max_length is None
+    karpathy = write_karpathy(tmp_path / "dataset_coco.json")
+    out = build_caption_store(karpathy, tmp_path / "captions.h5", tmp_path / "refs",
+                              CaptionPreprocessConfig(count_threshold=2))
+    store = load_store(out, "captions")
+    sentences = [s for img in json.loads(karpathy.read_text())["images"]
+                 for s in img["sentences"]]
+    longest = max(len(s["tokens"]) for s in sentences)
+    assert store["captions"].shape == (len(sentences), longest + 2)
+    assert store["attrs"]["max_length"] == longest
+    assert store["caption_lengths"].tolist() == [len(s["tokens"]) + 2 for s in sentences]
+    with pytest.raises(ValueError, match="max_length"):
+        build_caption_store(karpathy, tmp_path / "bad.h5", tmp_path / "refs",
+                            CaptionPreprocessConfig(max_length=0))
+
+
+def test_validation_references_are_the_raw_tokens(caption_store, tmp_path):
+    """What validation CIDEr-D scores against: whole captions in their own words, even when the
+    encoded captions are cut (max_length 8) and have words below the threshold."""
+    from mia.data.loaders import CaptionData
+
+    karpathy, _, _ = caption_store
+    out = build_caption_store(write_karpathy(tmp_path / "dataset_coco.json"),
+                              tmp_path / "captions.h5", tmp_path / "refs",
+                              CaptionPreprocessConfig(count_threshold=2, max_length=8))
+    data = CaptionData.from_stores(out)
+    refs = data.references("val")
+    vocab = set(data.vocab.words)
+    val = [img for img in karpathy["images"] if img["split"] == "val"]
+    assert sorted(refs) == sorted(img["cocoid"] for img in val)
+    for img in val:
+        assert refs[img["cocoid"]] == [" ".join(s["tokens"]) for s in img["sentences"]]
+    words = [w for img in val for s in img["sentences"] for w in s["tokens"]]
+    assert any(w not in vocab for w in words)  # the store's ids would have said <unk> here
+
+
+def test_references_of_an_older_store_fall_back_with_a_warning(tmp_path):
+    from mia.data.loaders import CaptionData
+    from mia.data.store import write_store
+
+    vocab = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "dog"]
+    write_store(tmp_path / "old.h5", kind="captions", image_ids=np.array([7, 8]), datasets={
+        "split": np.array([1, 1], np.uint8),
+        "captions": np.array([[1, 4, 5, 2], [1, 4, 3, 2]], np.int32),
+        "caption_image_index": np.array([0, 1]), "caption_lengths": np.array([4, 4], np.int32)},
+        attrs={"vocab": vocab, "max_length": 2, "count_threshold": 1})
+    with pytest.warns(UserWarning, match="caption_text"):
+        refs = CaptionData.from_stores(tmp_path / "old.h5").references("val")
+    assert refs == {7: ["a dog"], 8: ["a <unk>"]}
+
+
 # ---------------------------------------------------------------- VQA preprocessing
 
 

@@ -288,21 +288,33 @@ class CaptionData:
             yield _finish(self.image_batch(rows), self.cfg.pin_memory)
 
     def references(self, split: str) -> dict[int, list[str]]:
-        """``{image_id: [space-joined tokens]}`` of the stored captions of ``split``.
+        """``{image_id: [space-joined tokens]}``: every caption of ``split``, whole and in its own
+        words (the store's ``caption_text``: Karpathy's tokens, never ``<unk>``-ed, never cut at
+        ``max_length``), the references validation CIDEr-D scores against. Reported scores use
+        ``references_{split}.json`` and the official toolkit.
 
-        Built from the encoded captions (words below the vocabulary threshold appear as ``<unk>``,
-        captions cut at ``max_length``): fine for validation CIDEr-D and SCST rewards; reported
-        scores use ``references_{split}.json`` and the official toolkit instead.
+        Stores written before ``caption_text`` existed fall back, with a warning, to the encoded
+        captions (``<unk>`` below the vocabulary threshold, cut at ``max_length``).
         """
         code = _split_code(split)
-        words = self.vocab.words
-        out: dict[int, list[str]] = defaultdict(list)
-        for row in np.flatnonzero(self.split[self._caption_image] == code):
-            image_id = int(self.image_ids[self._caption_image[row]])
-            ids = self._captions[row, 1:int(self._lengths[row]) - 1].tolist()
-            out[image_id].append(" ".join(words[i] for i in ids))
-        return dict(out)
+        rows = np.flatnonzero(self.split[self._caption_image] == code)
+        with open_store(self.path, "captions") as f:
+            text = f["caption_text"].asstr()[()] if "caption_text" in f else None
+        if text is None:
+            import warnings
 
+            warnings.warn(f"{self.path}: no 'caption_text' (written by an older version): "
+                          "validation references are the encoded captions, with <unk> and cut "
+                          "at max_length; rebuild the captions store for the raw ones",
+                          stacklevel=2)
+            words = self.vocab.words
+            text = {row: " ".join(words[i] for i in
+                                  self._captions[row, 1:int(self._lengths[row]) - 1].tolist())
+                    for row in rows.tolist()}
+        out: dict[int, list[str]] = defaultdict(list)
+        for row in rows:
+            out[int(self.image_ids[self._caption_image[row]])].append(str(text[row]))
+        return dict(out)
 
 class BoxTable:
     """Region boxes as BAN's counting module reads them: x1, y1, x2, y2 divided by the image's

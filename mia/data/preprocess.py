@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from mia.data import store
@@ -26,10 +27,12 @@ from mia.io import write_json
 
 @dataclass(frozen=True)
 class CaptionPreprocessConfig:
-    """``count_threshold``: min train count to keep a word; ``max_length``: words kept per caption."""
+    """``count_threshold``: min train count to keep a word (released: 5); ``max_length``: words
+    kept per training caption, ``None`` (the default) keeps them all, as the released data loader
+    does (it never truncates; many reimplementations cut at 16)."""
 
     count_threshold: int = 5
-    max_length: int = 16
+    max_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,14 @@ class VQAPreprocessConfig:
 
 
 def encode_captions(token_lists: Sequence[Sequence[str]], vocab_index: Mapping[str, int],
-                    unk_id: int, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """``<bos> w1..wn <eos> <pad>..`` rows of width ``max_length + 2`` (n truncated to max_length).
+                    unk_id: int, max_length: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``<bos> w1..wn <eos> <pad>..`` rows of width ``max_length + 2`` (n truncated to
+    max_length); with ``max_length=None`` nothing is cut and the width is the longest caption's.
 
-    Returns ``(captions (M, max_length+2) int32, lengths (M,) int32 = n + 2)``.
+    Returns ``(captions (M, width) int32, lengths (M,) int32 = n + 2)``.
     """
+    if max_length is None:
+        max_length = max((len(t) for t in token_lists), default=0)
     out = np.zeros((len(token_lists), max_length + 2), dtype=np.int32)
     lengths = np.empty(len(token_lists), dtype=np.int32)
     bos, eos = vocab_index[BOS], vocab_index[EOS]
@@ -82,9 +88,13 @@ def build_caption_store(karpathy_json: str | os.PathLike, out_h5: str | os.PathL
     """Write ``captions.h5`` and ``references_{train,val,test}.json`` from ``dataset_coco.json``.
 
     The vocabulary comes from training tokens only (train + restval), images keep Karpathy order.
+    Besides the encoded captions, ``caption_text`` keeps every caption's own tokens joined by
+    spaces (never ``<unk>``-ed, never cut): the references of validation CIDEr-D
+    (``CaptionData.references``). The ``max_length`` attribute is the encoded width minus 2.
     """
-    if cfg.max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {cfg.max_length}")
+    if cfg.max_length is not None and cfg.max_length < 1:
+        raise ValueError(f"preprocess.captions.max_length must be >= 1 or null (keep every "
+                         f"word), got {cfg.max_length}")
     images = read_karpathy(karpathy_json)
     train_tokens = (s.tokens for img in images if img.store_split == "train" for s in img.sentences)
     vocab, _ = build_vocabulary(train_tokens, cfg.count_threshold)
@@ -93,15 +103,20 @@ def build_caption_store(karpathy_json: str | os.PathLike, out_h5: str | os.PathL
     image_index = np.repeat(np.arange(len(images), dtype=np.int64),
                             [len(img.sentences) for img in images])
     split = np.array([SPLIT_CODES[img.store_split] for img in images], dtype=np.uint8)
-    store.write_store(
-        out_h5, kind="captions",
-        image_ids=np.array([img.cocoid for img in images], dtype=np.int64),
-        datasets={"split": split, "captions": captions, "caption_image_index": image_index,
-                  "caption_lengths": lengths},
-        config={**asdict(cfg), "karpathy_json": str(karpathy_json)},
-        attrs={"vocab": list(vocab.words), "max_length": cfg.max_length,
-               "count_threshold": cfg.count_threshold},
-    )
+    text = np.array([" ".join(tokens) for tokens in token_lists], dtype=object)
+    attrs = {"vocab": list(vocab.words), "max_length": int(captions.shape[1] - 2),
+             "count_threshold": cfg.count_threshold}
+    with store.atomic_h5(out_h5, kind="captions",
+                         config={**asdict(cfg), "karpathy_json": str(karpathy_json)},
+                         attrs=attrs) as f:
+        f.create_dataset("image_ids", data=np.array([img.cocoid for img in images],
+                                                    dtype=np.int64))
+        f.create_dataset("split", data=split)
+        f.create_dataset("captions", data=captions,
+                         chunks=(1, captions.shape[1]) if len(captions) else None)
+        f.create_dataset("caption_image_index", data=image_index)
+        f.create_dataset("caption_lengths", data=lengths)
+        f.create_dataset("caption_text", data=text, dtype=h5py.string_dtype())
     for name in SPLIT_CODES:
         subset = [img for img in images if img.store_split == name]
         write_json(Path(references_dir) / f"references_{name}.json", coco_references(subset),
