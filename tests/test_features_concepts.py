@@ -87,11 +87,23 @@ def test_vocabulary_and_word_presence():
                 2: [["a", "blue", "square"], ["the", "blue", "block"], ["a", "red", "block"]],
                 3: [["a", "zebra", "zebra", "zebra"]]},
         split={1: "train", 2: "train", 3: "val"})
-    vocab = build_concept_vocabulary(words, 4)
-    assert vocab == ["red", "block", "blue", "circle"]  # by count, ties alphabetical; no stopwords
+    # Fang et al.: the most frequent words, function words included; by count, ties alphabetical
+    # (a: 3, red: 3, then block, blue, the: 2).
+    assert build_concept_vocabulary(words, 4) == ["a", "red", "block", "blue"]
+    assert build_concept_vocabulary(words, 5) == ["a", "red", "block", "blue", "the"]
+    vocab = build_concept_vocabulary(words, 4, STOPWORDS)  # the option: function words out
+    assert vocab == ["red", "block", "blue", "circle"]
     assert not set(vocab) & set(STOPWORDS) and "zebra" not in vocab  # val words never count
     presence = word_presence(words, [1, 2, 3], vocab)
     np.testing.assert_array_equal(presence, [[1, 0, 0, 1], [1, 1, 1, 0], [0, 0, 0, 0]])
+
+
+def test_stopwords_option():
+    assert ConceptConfig().stopwords == ()  # the default keeps every word (Fang et al.)
+    assert ConceptConfig(stopwords="function_words").stopwords == STOPWORDS
+    assert ConceptConfig(stopwords=["a", "the"]).stopwords == ("a", "the")  # YAML gives lists
+    with pytest.raises(ValueError, match="features.concepts.stopwords"):
+        ConceptConfig(stopwords="english")
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +202,7 @@ def test_real_coco_mini_concepts(tmp_path, data_dir):
                                            concept_cfg(vocab_size=60, k=49, epochs=2)))
     assert store["concept_ids"].shape == (33, 49)
     words = store["attrs"]["concept_words"]
-    assert {"man", "sitting"} & set(words) and not set(words) & set(STOPWORDS)
+    assert {"man", "sitting"} & set(words) and {"a", "of"} <= set(words)  # function words kept
     assert 0 <= store["attrs"]["val_mAP"] <= 1
 
 
