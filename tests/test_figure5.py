@@ -185,8 +185,8 @@ VOCAB = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"word{i}" for i in range(56)]
 
 
 def write_run(root: Path, variant: str, image_ids: list[int]) -> Path:
-    """Stores, model.pt and run.json of a tiny Visual Attention w/ MIA model, in the formats the
-    training rule leaves."""
+    """Stores, run.json and xe/model.pt of a tiny Visual Attention w/ MIA model, laid out as the
+    training rule leaves them (runs/<run>/s<seed>/run.json, .../xe/model.pt)."""
     from mia.captioning.config import CaptionerConfig
     from mia.captioning.models import build_captioner
     from mia.data.store import write_store
@@ -209,14 +209,15 @@ def write_run(root: Path, variant: str, image_ids: list[int]) -> Path:
                           d_model=16, embed_dim=16, attention_dim=16, dropout=0.0, mia_heads=2,
                           mia_d_ff=32)
     model = build_captioner(cfg, len(VOCAB))
-    run_dir = root / "runs" / variant
-    run_dir.mkdir(parents=True)
+    run_dir = root / "runs" / variant / "s123"
+    (run_dir / "xe").mkdir(parents=True)
     torch.save({"model": model.state_dict(), "captioner": dataclasses.asdict(cfg),
-                "vocab": VOCAB}, run_dir / "model.pt")
+                "vocab": VOCAB}, run_dir / "xe" / "model.pt")
     (run_dir / "run.json").write_text(json.dumps({
         "inputs": {"captions": str(store_dir / "captions.h5"), "features":
                    str(store_dir / "grid.h5"), "concepts": str(store_dir / "concepts.h5")},
-        "images_root": str(root / "world"), "run": f"captioning/visual_attention/{variant}",
+        "images_root": str(root / "world" / "images"),
+        "run": f"captioning/visual_attention/{variant}",
         "seed": 123}))
     images = root / "world" / "images" / "val2014"
     images.mkdir(parents=True, exist_ok=True)
@@ -253,7 +254,7 @@ def test_visualize_attention_command(tmp_path: Path) -> None:
     assert Image.open(out).size[0] > 500
 
     # The drawn numbers are the accumulated attention of the model on that image.
-    model, vocab = load_captioner(n3 / "model.pt")
+    model, vocab = load_captioner(n3 / "xe" / "model.pt")
     inputs = image_inputs(RunSpec.from_run_dir(n3), 22, vocab)
     with torch.no_grad():
         acc = accumulated_attention(model.mia_attention(inputs.batch))
@@ -264,7 +265,7 @@ def test_visualize_attention_command(tmp_path: Path) -> None:
     # One run, its iterations; positions given; an image file given explicitly.
     other = tmp_path / "other.png"
     image_file = tmp_path / "world" / "images" / "val2014" / "COCO_val2014_000000000011.jpg"
-    assert run_command(["visualize", "attention", "--run", str(n3), "--image", "11",
+    assert run_command(["visualize", "attention", "--run", str(n3 / "xe"), "--image", "11",
                         "--out", str(other), "--iterations", "1", "2", "3", "--positions",
                         "0", "7", "48", "--image-file", str(image_file)]) == 0
     numbers = json.loads(other.with_suffix(".json").read_text())

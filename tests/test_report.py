@@ -206,7 +206,7 @@ def fake(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> FakeRepor
 @pytest.fixture(scope="module")
 def rendered(fake: FakeReport, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("report")
-    out = fake.render(root, tables_dir=root / "tables")
+    out = fake.render(root, tables_dir=root / "tables", paper_figures_dir=root / "paper_figures")
     return out, out.read_text()
 
 
@@ -386,8 +386,8 @@ def test_figures_are_pngs_linked_from_the_page(rendered: tuple[Path, str]) -> No
     sources = re.findall(r'<img src="([^"]+)"', html)
     assert f"figures/{figure_name('captioning/visual_attention/base')}" in sources
     assert "figures/table1_val_cider.png" in sources
-    assert "figures/figure4.png" in sources
-    assert sum("figures/figure5/" in s for s in sources) == 3
+    assert "paper_figures/figure4/figure4.png" in sources
+    assert sum(s.startswith("paper_figures/figure5/") for s in sources) == 3
     for src in sources:
         data = (out.parent / src).read_bytes()
         assert data.startswith(PNG_MAGIC), src
@@ -420,7 +420,7 @@ def test_figure4_gaps_and_the_n2_fallback(fake: FakeReport, tmp_path: Path) -> N
     caption = re.search(r'id="fig-figure4".*?</figure>', html, re.S).group(0)
     assert "visual_attention N=4: <i>not built (gap)</i>" in caption
     assert "(the w/ MIA run, trained with N = 2)" in caption
-    assert (tmp_path / "figures" / "figure4.png").read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "figures" / "figure4" / "figure4.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_only_selected_tables_and_figures_are_rendered(fake: FakeReport, tmp_path: Path) -> None:
@@ -436,8 +436,7 @@ def test_only_selected_tables_and_figures_are_rendered(fake: FakeReport, tmp_pat
     assert not (tmp_path / "figures" / "figure5").exists()
     report.config["report"]["figures"] = []
     html = report.render(tmp_path / "none").read_text()
-    assert "fig-figure4" not in html and not (tmp_path / "none" / "figures" / "figure4.png"
-                                              ).exists()
+    assert "fig-figure4" not in html and not (tmp_path / "none" / "figures" / "figure4").exists()
 
 
 # ------------------------------------------------------------------ costs, config, versions
@@ -569,3 +568,48 @@ def test_benchmark_reader_rejects_other_files(tmp_path: Path) -> None:
     bad.write_text("a\tb\n1\t2\n")
     with pytest.raises(ValueError, match="x.tsv"):
         read_benchmark(bad)
+
+
+# ------------------------------------------------------------------ snakemake --report captions
+
+
+class _Wildcards(dict):
+    """Snakemake's Wildcards: attribute access and .get."""
+
+    def __getattr__(self, name: str) -> str:
+        return self[name]
+
+
+@pytest.mark.parametrize(("caption", "rule", "wildcards", "expected"), [
+    ("report_html.rst", "render_report", {}, "confidence interval"),
+    ("workflow.rst", "render_report", {}, "Categories"),
+    ("figures.rst", "render_report", {"figure": "captioning__visual_attention__base"},
+     "one line per training seed"),
+    ("figures.rst", "render_report", {"figure": "table1_val_cider"}, "table1"),
+    ("tables.rst", "render_report", {"table": "table3"}, "Table 3: VQA v2 accuracy"),
+    ("paper_figures.rst", "render_report", {"figure": "figure4", "name": "figure4"},
+     "Figure 4"),
+    ("paper_figures.rst", "render_report", {"figure": "figure5", "name": "N_1_1_x"},
+     "Figure 5"),
+    ("metrics.rst", "evaluate_vqa", {"baseline": "ban", "variant": "mia", "seed": "123",
+                                     "split": "val"}, "vqa/ban/mia"),
+    ("training.rst", "train_captioner_scst", {"baseline": "updown", "variant": "mia",
+                                              "seed": "7"}, "SCST stage"),
+])
+def test_snakemake_report_captions_render(repo_root: Path, caption: str, rule: str,
+                                          wildcards: dict[str, str], expected: str) -> None:
+    """Each caption renders as `snakemake --report` renders it (jinja2, then docutils)."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    class Smk:
+        pass
+
+    smk = Smk()
+    smk.wildcards, smk.rule = _Wildcards(wildcards), rule  # type: ignore[attr-defined]
+    smk.config = load_config([repo_root / "config.yaml"])  # type: ignore[attr-defined]
+    text = (repo_root / "report" / caption).read_text()
+    rst = jinja2.Environment().from_string(text).render(snakemake=smk, categories={}, files=[])
+    html = publish_parts(rst, writer="html",
+                         settings_overrides={"report_level": 2, "halt_level": 2})["body"]
+    assert expected in html, html

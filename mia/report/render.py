@@ -150,13 +150,17 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
                   figure5: Mapping[str, Any] | None = None,
                   vqa_annotations: str | os.PathLike | None = None,
                   tables_dir: str | os.PathLike | None = None,
+                  paper_figures_dir: str | os.PathLike | None = None,
                   paper: PaperResults | None = None) -> Path:
     """Write the HTML report and its PNG figures; return the HTML's path.
 
     ``config`` is the workflow config; ``table_keys`` the tables to show (``None``: its
     ``report.tables``); ``run_files`` the runs' files in the layout of
-    :class:`~mia.report.inputs.ReportInputs` (or one). ``tables_dir``, when given, also gets
-    every table as a small standalone HTML page and a CSV (for ``snakemake --report``).
+    :class:`~mia.report.inputs.ReportInputs` (or one). ``figures_dir`` gets the training
+    curves; ``paper_figures_dir`` (default: ``figures_dir``) Figure 4 (``figure4/figure4.png``)
+    and Figure 5 (``figure5/*.png``); ``tables_dir``, when given, every table as a small
+    standalone HTML page and a CSV. Separate folders let ``snakemake --report`` file each under
+    its own category.
     """
     paper = paper or load_paper_results()
     settings = ReportConfig.from_dict(config.get("report") or {"tables": list(table_keys or [])})
@@ -175,8 +179,11 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
 
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
+    paper_dir = Path(paper_figures_dir) if paper_figures_dir is not None else figures_dir
+    paper_dir.mkdir(parents=True, exist_ok=True)
     out_html = Path(out_html)
     rel = Path(os.path.relpath(figures_dir, out_html.parent)).as_posix()
+    paper_rel = Path(os.path.relpath(paper_dir, out_html.parent)).as_posix()
 
     tables: list[tuple[Table, str | None]] = []
     vqa_split = str((config.get("vqa") or {}).get("eval_split", "val"))
@@ -201,9 +208,9 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
         iterations = int(((config.get("captioning") or {}).get("model") or {}).get(
             "mia_iterations", 2))
         data = figure4_data(results, mia_iterations=iterations)
-        png = plot_figure4(data, paper, figures_dir / "figure4.png")
-        figure4 = {"src": f"{rel}/{png.name}", "data": data}
-    figure5_rows = (_figure5_entries(inputs.figure5, figures_dir, rel)
+        png = plot_figure4(data, paper, paper_dir / "figure4" / "figure4.png")
+        figure4 = {"src": f"{paper_rel}/figure4/{png.name}", "data": data}
+    figure5_rows = (_figure5_entries(inputs.figure5, paper_dir, paper_rel)
                     if "figure5" in settings.figures else None)
 
     run_figures = {}

@@ -1,10 +1,12 @@
 """Figure 5 for a trained run and any image of its stores: ``mia visualize attention``.
 
-A run folder holds ``model.pt`` (read with :func:`mia.captioning.decode.load_captioner`) and
-``run.json``, written by the training rule::
+A run folder holds ``run.json``, written by the training rule, and the trained ``model.pt``
+(read with :func:`mia.captioning.decode.load_captioner`), either beside it or in the folder of
+its last training stage (``scst/model.pt``, else ``xe/model.pt``); ``--run`` may also name that
+stage folder::
 
     {"inputs": {"captions": path, "features": path, "concepts": path},
-     "images_root": path,        # the raw-data root: images/..., karpathy/dataset_coco.json
+     "images_root": path,        # {root}/images (or {root}): images/{train,val}2014/...
      "run": "captioning/visual_attention/mia_n3", "seed": 123}
 
 Relative paths in ``run.json`` are taken relative to the current directory first (Snakemake runs
@@ -67,12 +69,14 @@ class RunSpec:
                      images: str | os.PathLike | None = None) -> RunSpec:
         """Read ``run_dir/run.json``; explicit arguments override its paths."""
         run_dir = Path(run_dir)
-        model = run_dir / "model.pt"
-        if not model.exists():
-            raise FileNotFoundError(f"{model}: no trained model in run folder {run_dir}; "
-                                    "pass the folder that holds model.pt and run.json")
+        model = next((run_dir / m for m in ("model.pt", "scst/model.pt", "xe/model.pt")
+                      if (run_dir / m).is_file()), None)
+        if model is None:
+            raise FileNotFoundError(f"{run_dir}: no model.pt here or in scst/ or xe/; pass the "
+                                    "run folder that holds run.json and the trained model")
         info: dict[str, Any] = {}
-        meta = run_dir / "run.json"
+        meta = next((m for m in (run_dir / "run.json", run_dir.parent / "run.json")
+                     if m.is_file()), run_dir / "run.json")
         if meta.exists():
             info = load_json(meta)
         elif features is None or concepts is None:
@@ -88,7 +92,7 @@ class RunSpec:
             p = Path(value)
             if p.is_absolute() or p.exists():
                 return p
-            return run_dir / p if (run_dir / p).exists() else p
+            return meta.parent / p if (meta.parent / p).exists() else p
 
         feats = path(features, inputs.get("features"), "features")
         concs = path(concepts, inputs.get("concepts"), "concepts")
@@ -167,7 +171,9 @@ def find_image(images_root: Path | None, image_id: int) -> Path:
             candidate = images / subset / name
             if candidate.is_file():
                 return candidate
-    karpathy = images_root / "karpathy" / "dataset_coco.json"
+    karpathy = next((k for k in (images_root / "karpathy" / "dataset_coco.json",
+                                 images_root.parent / "karpathy" / "dataset_coco.json")
+                     if k.is_file()), images_root / "karpathy" / "dataset_coco.json")
     if karpathy.is_file():
         for img in load_json(karpathy).get("images", []):
             if img.get("cocoid") == image_id:
@@ -213,6 +219,9 @@ def visualize_attention(run_dirs: Sequence[str | os.PathLike], image_id: int,
         model, vocab = load_captioner(spec.model, device)
         if not hasattr(model, "mia_attention"):
             raise ValueError(f"{spec.model}: this model has no MIA attention to draw")
+        if getattr(model, "cnn", None) is not None:
+            raise ValueError(f"{spec.model}: this captioner fine-tuned its CNN and reads images, "
+                             "not stored features; drawing its attention is not supported yet")
         inputs = image_inputs(spec, image_id, vocab)
         if first is not None and inputs.layout.n != first.layout.n:
             raise ValueError(f"{run_dir}: {inputs.layout.n} positions, but {run_dirs[0]} has "
