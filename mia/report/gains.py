@@ -81,7 +81,10 @@ def _corpus(base: RunResult, mia: RunResult, metric: str) -> float | None:
 
 def _interval(base: RunResult, mia: RunResult, metric: str, settings: GainSettings
               ) -> tuple[Interval | None, str | None]:
-    b, m = base.per_item(metric), mia.per_item(metric)
+    try:
+        b, m = base.per_item(metric), mia.per_item(metric)
+    except ValueError as err:  # seeds scored on different items: say so, keep the report
+        return None, str(err)
     if b is None or m is None:
         side = "baseline" if b is None else "MIA run"
         what = ("per-question scores with answer types" if base.task == "vqa" and
