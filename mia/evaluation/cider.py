@@ -244,6 +244,8 @@ class DocumentFrequency:
 
     def idf(self, keys: np.ndarray) -> np.ndarray:
         """``log_docs - log(max(1, df))`` of each packed key (df 0 where unseen)."""
+        if not len(self.counts):  # no reference has a single word: every n-gram is unseen
+            return np.full(len(keys), self.log_docs)
         pos = _lookup(self.keys, keys)
         df = np.where(pos >= 0, self.counts[np.maximum(pos, 0)], 0.0)
         return self.log_docs - np.log(np.maximum(1.0, df))
