@@ -282,15 +282,19 @@ class TransformerDecoder(nn.Module):
             new_state += [keys, values]
         return self.output(self.norm(x)).squeeze(1), tuple(new_state)
 
-    def decode(self, ctx: TransformerContext, inputs: Tensor,
+    def hidden(self, ctx: TransformerContext, inputs: Tensor,
                cross: tuple[Tensor, ...] | None = None) -> Tensor:
-        """Every position at once (causal): inputs (B, T) -> logits (B, T, V)."""
+        """Every position at once (causal): inputs (B, T) -> final states (B, T, d)."""
         cross = ctx.cross if cross is None else cross
         x = self._embed(inputs, start=0)
         mask = ctx.attention_mask
         for i, layer in enumerate(self.layers):
             x, _, _ = layer(x, (cross[2 * i], cross[2 * i + 1]), mask)
-        return self.output(self.norm(x))
+        return self.norm(x)
+
+    def decode(self, ctx: TransformerContext, inputs: Tensor) -> Tensor:
+        """Every position at once (causal): inputs (B, T) -> logits (B, T, V)."""
+        return self.output(self.hidden(ctx, inputs))
 
     def forward(self, enc: RegionEncoded, inputs: Tensor) -> Tensor:
         """Teacher forcing: input words (B, T) (``<bos> w_1 ..``) -> logits (B, T, V)."""
@@ -320,7 +324,9 @@ class PrefixDecoder(nn.Module):
              ) -> tuple[Tensor, tuple[Tensor]]:
         prefix = torch.cat([state[0], words.unsqueeze(1)], dim=1)
         cross = self.inner.cross_keys_values(ctx.memory)
-        return self.inner.decode(ctx, prefix, cross)[:, -1], (prefix,)
+        # Only the last position is read out, as TransformerModel.core returns out[:, -1].
+        last = self.inner.hidden(ctx, prefix, cross)[:, -1]
+        return self.inner.output(last), (prefix,)
 
     def forward(self, enc: RegionEncoded, inputs: Tensor) -> Tensor:
         return self.inner(enc, inputs)
