@@ -56,8 +56,8 @@ from mia.captioning.scst import (
     SCSTScorer,
     baseline_scores,
     candidate_ids,
-    references_with_eos,
     reward_loss,
+    reward_references,
     scst_step,
 )
 from mia.captioning.transformer import PrefixDecoder
@@ -338,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     train = synthetic_references(cfg, vocab)
     df_refs = {k: [f"{s} <eos>" for s in v] for k, v in train.items()}
     start = time.perf_counter()
-    scorer = SCSTScorer(references_with_eos(train, cfg.max_length),
+    scorer = SCSTScorer(reward_references(train, cfg.max_length),
                         DocumentFrequency(df_refs, vocab=vocab))
     built = time.perf_counter() - start
-    plain = PlainReward(references_with_eos(train, cfg.max_length), df_refs, vocab)
+    plain = PlainReward(reward_references(train, cfg.max_length), df_refs, vocab)
     print(f"SCST step benchmark: {cfg.images} images x {cfg.samples} samples, {cfg.regions} "
           f"regions x {cfg.feature_dim}, vocabulary {len(vocab)}, {cfg.max_length} tokens, "
           f"greedy baseline, train mode; median of {repeats} interleaved after {warmup} "

@@ -28,10 +28,11 @@ from mia.captioning.scst import (
     baseline_scores,
     candidate_ids,
     karpathy_training_references,
-    references_with_eos,
     reward_loss,
+    reward_references,
     scst_step,
     token_mask,
+    training_references,
     write_training_document_frequency,
 )
 from mia.data.karpathy import read_karpathy
@@ -76,7 +77,7 @@ TRAIN = {
 def scorer_for(train: dict = TRAIN, max_length: int | None = None) -> SCSTScorer:
     df_refs = {k: [f"{s} <eos>" for s in v] for k, v in train.items()}
     df = DocumentFrequency(df_refs, vocab=WORDS)
-    return SCSTScorer(references_with_eos(train, max_length), df)
+    return SCSTScorer(reward_references(train, max_length), df)
 
 
 # ---------------------------------------------------------------- a toy policy
@@ -239,11 +240,17 @@ def test_reward_is_cider_d_with_the_reference_eos_convention():
     assert abs(no_eos[0] - rewards[0]) > 1e-3
 
 
-def test_batch_references_follow_array_to_str():
-    """A stored caption of max_length words filled its label row: no <eos> after it."""
-    refs = references_with_eos({7: ["a red circle", "a b c d"], 8: [""]}, max_length=4)
-    assert refs == {7: ["a red circle <eos>", "a b c d"], 8: ["<eos>"]}
-    assert references_with_eos({7: ["a b c d"]}) == {7: ["a b c d <eos>"]}
+def test_batch_references_follow_the_label_rows():
+    """prepro_labels + array_to_str: <unk> outside the vocabulary, cut at 16 words, <eos> only
+    after a caption shorter than that (a full label row has no end token)."""
+    refs = reward_references({7: ["a red circle", "a b c d", "a b c d e"], 8: [""]},
+                             max_length=4)
+    assert refs == {7: ["a red circle <eos>", "a b c d", "a b c d"], 8: ["<eos>"]}
+    assert reward_references({7: ["a b c d"]}, None) == {7: ["a b c d <eos>"]}
+    long = " ".join(["a"] * 20)
+    data = SimpleNamespace(references=lambda split: {3: ["a scarlet circle", long]},
+                           vocab=SimpleNamespace(words=tuple(WORDS)))
+    assert training_references(data) == {3: ["a <unk> circle <eos>", " ".join(["a"] * 16)]}
 
 
 # ---------------------------------------------------------------- document frequencies
@@ -297,7 +304,7 @@ def test_document_frequency_file_round_trip(tmp_path):
                                   np.zeros(len(gram), dtype=np.int64))[0][-1:]
         assert loaded.idf(key)[0] == pytest.approx(log_docs - math.log(coco_df[gram]))
     # Scores through the loaded file equal those through the freshly computed frequencies.
-    batch_refs = references_with_eos(TRAIN)
+    batch_refs = reward_references(TRAIN, None)
     tokens = torch.tensor([encode("a red circle on the left <eos>"),
                            encode("two green circle <eos> <pad> <pad> <pad>")])
     np.testing.assert_array_equal(SCSTScorer(batch_refs, loaded)([0, 2], tokens),

@@ -17,9 +17,10 @@ The CIDEr-D reward (``get_self_critical_reward`` with ruotianluo/cider's ``Cider
 * document frequencies and the log reference count come from the TRAINING references
   (train + restval, ``prepro_ngrams.py --split train``), every caption with ALL its tokens
   (uncut), words outside the vocabulary as the unknown token, and ``<eos>`` appended;
-* the references of a batch are the stored captions (cut at ``max_length`` = 16 words), written
-  as token ids up to and including the first end token (``array_to_str``): a caption shorter than
-  ``max_length`` ends with ``<eos>``, one of exactly ``max_length`` words has none;
+* the references of a batch are its label rows (``prepro_labels.py``: out-of-vocabulary words as
+  the unknown token, cut at 16 words), written as token ids up to and including the first end
+  token (``array_to_str``): a caption shorter than 16 words ends with ``<eos>``, one of 16 words
+  or more (its row is full) has none (:func:`reward_references`);
 * candidates likewise: up to and including the first ``<eos>``; a sample that ran to the length
   limit has no ``<eos>``;
 * so ``<eos>`` is an ordinary word for the n-grams ("w <eos>" bigrams reward good endings) and
@@ -106,15 +107,30 @@ class SCSTConfig:
 # ---------------------------------------------------------------------------- references
 
 
-def references_with_eos(references: Mapping[Hashable, Sequence[str]],
-                        max_length: int | None = None) -> dict[Hashable, list[str]]:
-    """The batch references of the reference's reward: each stored (space-joined) caption with
-    `` <eos>`` appended, except, when ``max_length`` is given, a caption of ``max_length`` words
-    or more (its label row was full, so ``array_to_str`` met no end token)."""
+def reward_references(references: Mapping[Hashable, Sequence[str]],
+                      max_length: int | None = 16,
+                      vocab: Sequence[str] | None = None) -> dict[Hashable, list[str]]:
+    """The batch references of the reference's reward, from space-joined captions.
+
+    ruotianluo's references are the rows of its label file (``prepro_labels.py``, 16 words):
+    words outside ``vocab`` as ``<unk>`` (when ``vocab`` is given), cut at ``max_length`` words,
+    and, written by ``array_to_str``, followed by ``<eos>`` only when the caption was shorter
+    than ``max_length`` (a full row has no end token). ``max_length=None``: nothing is cut and
+    every caption ends with ``<eos>``.
+    """
+    known = None if vocab is None else set(vocab)
     out: dict[Hashable, list[str]] = {}
     for key, sentences in references.items():
-        out[key] = [s if max_length is not None and len(s.split()) >= max_length
-                    else f"{s} {EOS_WORD}".lstrip() for s in sentences]
+        rows = []
+        for sentence in sentences:
+            words = sentence.split()
+            if known is not None:
+                words = [w if w in known else UNK_WORD for w in words]
+            if max_length is not None and len(words) >= max_length:
+                rows.append(" ".join(words[:max_length]))
+            else:
+                rows.append(" ".join([*words, EOS_WORD]))
+        out[key] = rows
     return out
 
 
@@ -163,7 +179,7 @@ def candidate_ids(tokens: Tensor) -> list[list[int]]:
 class SCSTScorer:
     """CIDEr-D rewards of token-id captions: built once per run, then one call per batch.
 
-    ``references``: ``{image_id: [caption with <eos> (see references_with_eos), ...]}`` of every
+    ``references``: ``{image_id: [caption with <eos> (see reward_references), ...]}`` of every
     training image; ``document_frequency``: the training frequencies, made with the caption
     vocabulary (so candidates can be token ids).
     """
@@ -277,7 +293,8 @@ def clip_gradients(parameters: Iterable[nn.Parameter], cfg: SCSTConfig) -> None:
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
 
 
-def stored_training_references(data: Any, max_length: int) -> dict[Hashable, list[str]]:
-    """The batch references of every training image of a ``CaptionData`` (its ``references``
-    cut at the store's ``max_length``), with the end-token convention above."""
-    return references_with_eos(data.references("train"), max_length)
+def training_references(data: Any, max_length: int = 16) -> dict[Hashable, list[str]]:
+    """:func:`reward_references` of every training image of a ``CaptionData``, from its whole
+    captions (``references("train")``) and its vocabulary; ``max_length`` = the reference's
+    label length (16), whatever length the captions store keeps."""
+    return reward_references(data.references("train"), max_length, data.vocab.words)
