@@ -29,39 +29,12 @@ rule train_captioner:
         runtime=res("train_captioner", "runtime"),
         gpu=res("train_captioner", "gpu"),
     params:
-        model=config["captioning"]["model"],
-        train=config["captioning"]["train"],
+        model=lambda wc: caption_settings(wc.baseline, "model"),
+        train=lambda wc: caption_settings(wc.baseline, "train"),
         checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/xe/checkpoints",
         images_root=raw("images"),
     script:
         "../workflow_scripts/train_captioner.py"
-
-
-rule train_captioner_scst:
-    input:
-        unpack(caption_inputs),
-        xe_model=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/xe/model.pt",
-    output:
-        model=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/scst/model.pt",
-        history=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/scst/history.json",
-    log:
-        f"{R}/logs/train_captioner/{{baseline}}/{{variant}}/s{{seed}}/scst.log",
-    benchmark:
-        f"{R}/benchmarks/train_captioner/{{baseline}}/{{variant}}/s{{seed}}/scst.tsv"
-    retries: config["captioning"]["retries"]
-    conda:
-        CORE_ENV
-    threads: res("train_captioner", "threads")
-    resources:
-        mem_mb=res("train_captioner", "mem_mb"),
-        runtime=res("train_captioner", "runtime"),
-        gpu=res("train_captioner", "gpu"),
-    params:
-        scst=config["captioning"]["scst"],
-        train=config["captioning"]["train"],
-        checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/scst/checkpoints",
-    script:
-        "../workflow_scripts/train_captioner_scst.py"
 
 
 rule decode_captions:

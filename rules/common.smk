@@ -87,7 +87,13 @@ def wildcard_run(wildcards):
 
 def caption_stage(baseline):
     """The last training stage of a captioning baseline: `scst` when it has one, else `xe`."""
-    return "scst" if config["captioning"]["baselines"][baseline]["scst"] else "xe"
+    return config["captioning"]["baselines"][baseline]["stages"][-1]
+
+
+def caption_settings(baseline, section):
+    """`captioning.<section>` (model, train or scst) with the baseline's own overrides on top."""
+    own = config["captioning"]["baselines"][baseline].get(section, {})
+    return {**config["captioning"][section], **own}
 
 
 def final_caption_model(wildcards):
@@ -97,9 +103,11 @@ def final_caption_model(wildcards):
 
 def eval_split(run):
     task = run.split("/")[0]
-    return config["captioning"]["decode"]["split"] if task == "captioning" else config["vqa"][
-        "eval_split"
-    ]
+    return (
+        config["captioning"]["decode"]["split"]
+        if task == "captioning"
+        else config["vqa"]["eval_split"]
+    )
 
 
 def stages(run):
@@ -107,7 +115,7 @@ def stages(run):
     task, baseline, _ = run.split("/")
     if task == "vqa":
         return ["train"]
-    return ["xe", "scst"] if caption_stage(baseline) == "scst" else ["xe"]
+    return list(config["captioning"]["baselines"][baseline]["stages"])
 
 
 def run_files(run, seed):

@@ -47,3 +47,28 @@ rule answer_vqa:
         gpu=res("decode", "gpu"),
     script:
         "../workflow_scripts/answer_vqa.py"
+
+
+rule evaluate_vqa:
+    input:
+        answers=f"{R}/runs/vqa/{{baseline}}/{{variant}}/s{{seed}}/answers_{{split}}.json",
+        questions=lambda wc: VQA_QUESTIONS[wc.split],
+        annotations=lambda wc: VQA_ANNOTATIONS[wc.split],
+    output:
+        metrics=f"{R}/runs/vqa/{{baseline}}/{{variant}}/s{{seed}}/metrics_{{split}}.json",
+    log:
+        f"{R}/logs/evaluate_vqa/{{baseline}}/{{variant}}/s{{seed}}/{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate_vqa/{{baseline}}/{{variant}}/s{{seed}}/{{split}}.tsv"
+    conda:
+        EVAL_ENV
+    threads: res("evaluate", "threads")
+    resources:
+        mem_mb=res("evaluate", "mem_mb"),
+        runtime=res("evaluate", "runtime"),
+    params:
+        repo=REPO,
+    shell:
+        "PYTHONPATH={params.repo:q} python -m mia evaluate vqa"
+        " --results {input.answers:q} --questions {input.questions:q}"
+        " --annotations {input.annotations:q} --out {output.metrics:q} > {log:q} 2>&1"
