@@ -33,6 +33,7 @@ rule train_captioner:
         train=lambda wc: caption_settings(wc.baseline, "train"),
         checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/xe/checkpoints",
         images_root=raw("images"),
+        data_root=ROOT,
     script:
         "../workflow_scripts/train_captioner.py"
 
@@ -56,5 +57,6 @@ rule decode_captions:
         gpu=res("decode", "gpu"),
     params:
         decode=config["captioning"]["decode"],
+        data_root=ROOT,
     script:
         "../workflow_scripts/decode_captions.py"

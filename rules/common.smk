@@ -191,14 +191,22 @@ def feature_store(kind):
     return GRID_STORE if kind == "grid" else REGION_STORE
 
 
+def fine_tunes_cnn(baseline):
+    return caption_settings(baseline, "model").get("fine_tune_cnn_after_epoch") is not None
+
+
 def caption_inputs(wildcards):
-    """The stores a captioning run reads: captions, its features, and the matching concepts."""
+    """The stores a captioning run reads: captions, its features, and the matching concepts; a
+    run that fine-tunes its CNN also reads the images (listed by the Karpathy JSON)."""
     kind = config["captioning"]["baselines"][wildcards.baseline]["features"]
-    return {
+    inputs = {
         "captions": CAPTIONS_STORE,
         "features": feature_store(kind),
         "concepts": f"{R}/features/concepts_{kind}.h5",
     }
+    if fine_tunes_cnn(wildcards.baseline):
+        inputs.update(karpathy=KARPATHY_JSON, images=image_dirs())
+    return inputs
 
 
 def vqa_inputs(wildcards):

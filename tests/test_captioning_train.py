@@ -141,6 +141,69 @@ def test_learning_rate_schedule():
         [1.0, 1.0, 0.1, 0.1])
 
 
+
+def test_table2_schedules_follow_self_critical_pytorch():
+    from mia.captioning.train import scheduled_sampling
+    from mia.captioning.transformer import noam_learning_rate
+
+    # Up-Down: lr 5e-4 x 0.8^(e // 3) on the reference's 0-based epochs e.
+    updown = toy_config(lr=5e-4, lr_decay_start=1, lr_decay_every=3, lr_decay_factor=0.8,
+                        lr_decay_staircase=True, ss_start=0, ss_every=5, ss_increase=0.05,
+                        ss_max=0.25)
+    for epoch in range(1, 31):
+        assert learning_rate(updown, epoch, 0) == pytest.approx(5e-4 * 0.8 ** ((epoch - 1) // 3))
+    # Scheduled sampling: 0 in the reference's epoch 0, then +0.05 every 5 epochs up to 0.25.
+    expected = {1: 0.0, 2: 0.0, 6: 0.05, 11: 0.10, 21: 0.20, 26: 0.25, 30: 0.25}
+    assert {e: scheduled_sampling(updown, e) for e in expected} == pytest.approx(expected)
+    assert scheduled_sampling(toy_config(), 30) == 0.0  # ss_start -1: never
+    # Transformer: Noam with warmup 20,000 at d 512 (lr is ignored).
+    noam = toy_config(lr_schedule="noam", warmup_steps=20000, noam_factor=1.0)
+    d = noam.captioner.d_model
+    for step in (0, 99, 19999, 20000, 100000):
+        s = step + 1
+        assert learning_rate(noam, 3, step) == pytest.approx(d ** -0.5 * min(s ** -0.5,
+                                                                           s * 20000 ** -1.5))
+        assert learning_rate(noam, 3, step) == noam_learning_rate(s, d, 20000, 1.0)
+    with pytest.raises(ValueError, match="warmup_steps >= 1"):
+        toy_config(lr_schedule="noam", warmup_steps=0)
+
+
+def test_fine_tuning_trains_cnn_layers_from_the_configured_epoch(tmp_path):
+    from PIL import Image
+
+    from mia.captioning.models import build_captioner
+    from mia.captioning.train import seed_everything
+
+    torch.set_num_threads(1)
+    data = ToyCaptionData()
+    rng = np.random.default_rng(0)
+    paths = {}
+    for image_id in data.image_ids.tolist():
+        paths[image_id] = str(tmp_path / f"{image_id}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(paths[image_id])
+    captioner = {**toy_config().captioner.__dict__, "feature_dim": 512, "variant": "base",
+                 "fine_tune_cnn_after_epoch": 1,
+                 "cnn": {"backbone": "resnet18", "pretrained": False, "resize": 40, "crop": 32,
+                         "workers": 0}}
+    cfg = toy_config(captioner=captioner, epochs=1)
+    seed_everything(cfg.seed)
+    initial = build_captioner(cfg.captioner, len(WORDS)).state_dict()
+    train_captioner(cfg, data, tmp_path / "one", image_paths=paths)
+    two = toy_config(captioner=captioner, epochs=2)
+    train_captioner(two, data, tmp_path / "two", image_paths=paths)
+    after_one = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    after_two = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    cnn = [k for k in initial if k.startswith("cnn.")]
+    tuned = [k for k in cnn if k.startswith("cnn.tuned.") and initial[k].is_floating_point()]
+    assert tuned and all(torch.equal(after_one[k], initial[k]) for k in cnn)  # epoch 1: frozen
+    assert any(not torch.equal(after_two[k], after_one[k]) for k in tuned)  # epoch 2: trains
+    assert all(torch.equal(after_two[k], initial[k]) for k in cnn if k.startswith("cnn.frozen."))
+    decoder = [k for k in initial if k.startswith("decoder.")]
+    assert any(not torch.equal(after_one[k], initial[k]) for k in decoder)
+    with pytest.raises(ValueError, match="pass image_paths"):
+        train_captioner(two, data, tmp_path / "none")
+
+
 def write_toy_stores(root: Path) -> tuple[Path, Path, Path]:
     """The toy world as captions/grid/concepts stores in the CONTRACTS.md schema.
 

@@ -65,7 +65,8 @@ def fake_snakemake(stores: dict[str, str], run_dir: Path, train: dict) -> Simple
                                history=str(run_dir / "history.json"),
                                run=str(run_dir / "run.json")),
         params=SimpleNamespace(model=MODEL, train=train,
-                               checkpoints=str(run_dir / "checkpoints"), images_root="images"),
+                               checkpoints=str(run_dir / "checkpoints"), images_root="images",
+                               data_root="."),
         wildcards=SimpleNamespace(baseline="visual_attention", variant="mia", seed="7"),
         log=[str(run_dir / "train.log")])
 

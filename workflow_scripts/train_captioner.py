@@ -15,6 +15,7 @@ log = start(smk)
 import torch  # noqa: E402
 
 from mia.captioning.config import CaptionerConfig, TrainConfig  # noqa: E402
+from mia.captioning.finetune import image_paths_from_karpathy  # noqa: E402
 from mia.captioning.train import train_captioner  # noqa: E402
 from mia.data.loaders import CaptionData  # noqa: E402
 from mia.io import write_json  # noqa: E402
@@ -35,8 +36,12 @@ write_json(smk.output.run, {"run": f"captioning/{captioner.baseline}/{captioner.
                             "images_root": smk.params.images_root})
 run_dir = RunDirectory(smk.params.checkpoints, fingerprint(dataclasses.asdict(cfg), inputs))
 stores = ", ".join(f"{k} store {v}" for k, v in inputs.items())
+image_paths = None
+if captioner.fine_tunes_cnn:  # the CNN is trained too: it reads the images themselves
+    image_paths = image_paths_from_karpathy(smk.input.karpathy, smk.params.data_root)
 result = run_training_job(
-    run_dir, lambda: train_captioner(cfg, data, run_dir.path, inputs=stores), log,
+    run_dir, lambda: train_captioner(cfg, data, run_dir.path, inputs=stores,
+                                     image_paths=image_paths), log,
     f"{captioner.baseline}/{captioner.variant} for {cfg.epochs} epochs")
 log.info("best val CIDEr-D %.4f at epoch %d", result.best_score, result.best_epoch)
 finish_training(run_dir.path, result.best_path, smk.output.history, smk.output.model)

@@ -169,10 +169,23 @@ class CaptionerConfig:
 class TrainConfig:
     """Cross-entropy training of one captioner (docs/RECIPE.md, without the released quirks).
 
-    Learning rate: ``lr`` (optionally warmed up linearly over ``warmup_steps``), then after epoch
-    ``lr_decay_start`` (1-based epochs) multiplied by
-    ``lr_decay_factor ** ((epoch - lr_decay_start) / lr_decay_every)``, floored to whole periods
-    when ``lr_decay_staircase``. The released code is start 20, factor 0.5, every 50, continuous.
+    Learning rate (``lr_schedule``):
+
+    * ``step``: ``lr`` (optionally warmed up linearly over ``warmup_steps``), then after epoch
+      ``lr_decay_start`` (1-based epochs) multiplied by
+      ``lr_decay_factor ** ((epoch - lr_decay_start) / lr_decay_every)``, floored to whole
+      periods when ``lr_decay_staircase``. Released MIA code: start 20, factor 0.5, every 50,
+      continuous. Up-Down (self-critical.pytorch): lr 5e-4 x 0.8 every 3 epochs = start 1,
+      every 3, factor 0.8, staircase.
+    * ``noam``: the Transformer's schedule, ``noam_factor * d_model^-0.5 * min(s^-0.5, s *
+      warmup_steps^-1.5)`` for optimiser step s (1-based); ``lr`` is ignored.
+
+    Scheduled sampling (Up-Down's recipe; decoders with an ``ss_prob``): from epoch
+    ``ss_start + 1`` (1-based; -1 = never) the probability of feeding the model's own sample is
+    ``min(ss_increase * ((epoch - 1 - ss_start) // ss_every), ss_max)``.
+
+    Gradients: ``grad_clip_value`` clamps every element (self-critical.pytorch: 0.1), then
+    ``grad_clip_norm`` clips the global norm (0 disables either).
     """
 
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
@@ -180,14 +193,22 @@ class TrainConfig:
     batch_size: int = 80
     lr: float = 5e-4
     betas: tuple[float, float] = (0.8, 0.999)
+    eps: float = 1e-8  # Adam's epsilon (the Transformer recipe: 1e-9)
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     grad_clip_norm: float = 2.0  # 0 disables clipping
+    grad_clip_value: float = 0.0  # 0 disables clamping
+    lr_schedule: Literal["step", "noam"] = "step"
+    noam_factor: float = 1.0
     warmup_steps: int = 0
     lr_decay_start: int = 20
     lr_decay_every: float = 50.0
     lr_decay_factor: float = 0.5
     lr_decay_staircase: bool = False
+    ss_start: int = -1  # scheduled sampling from epoch ss_start + 1 (-1: never)
+    ss_every: int = 5
+    ss_increase: float = 0.05
+    ss_max: float = 0.25
     seed: int = 123
     val_beam_size: int = 1  # 1 = greedy; validation only picks the checkpoint
     val_batch_size: int = 100
@@ -205,6 +226,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "val_beam_size", "val_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule not in ("step", "noam"):
+            raise ValueError(f"train.lr_schedule: {self.lr_schedule!r} is not 'step' or 'noam'")
+        if self.lr_schedule == "noam" and self.warmup_steps < 1:
+            raise ValueError("train.warmup_steps: the noam schedule needs warmup_steps >= 1")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "train") -> TrainConfig:

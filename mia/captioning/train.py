@@ -25,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mia.captioning import finetune
 from mia.captioning.beam import PAD
 from mia.captioning.config import TrainConfig
 from mia.captioning.decode import caption_split, move_batch, resolve_device, vocab_words
-from mia.captioning.models import build_captioner
+from mia.captioning.models import build_captioner, trim_captions
+from mia.captioning.transformer import noam_learning_rate
+from mia.captioning.updown import scheduled_sampling_probability
 from mia.evaluation.cider import CiderD
 from mia.training.lifecycle import PREEMPTED_EXIT_CODE, Preempted
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
@@ -43,6 +46,9 @@ TrainResult = FitResult
 
 def learning_rate(cfg: TrainConfig, epoch: int, global_step: int) -> float:
     """LR at ``global_step`` (0-based) of 1-based ``epoch``; see :class:`TrainConfig`."""
+    if cfg.lr_schedule == "noam":
+        return noam_learning_rate(global_step + 1, cfg.captioner.d_model, cfg.warmup_steps,
+                                  cfg.noam_factor)
     lr = cfg.lr
     if cfg.warmup_steps > 0:
         lr *= min(1.0, (global_step + 1) / cfg.warmup_steps)
@@ -52,6 +58,12 @@ def learning_rate(cfg: TrainConfig, epoch: int, global_step: int) -> float:
             periods = math.floor(periods)
         lr *= cfg.lr_decay_factor ** periods
     return lr
+
+
+def scheduled_sampling(cfg: TrainConfig, epoch: int) -> float:
+    """Up-Down's scheduled-sampling probability for 1-based ``epoch`` (TrainConfig.ss_*)."""
+    return scheduled_sampling_probability(epoch - 1, cfg.ss_start, cfg.ss_every, cfg.ss_increase,
+                                          cfg.ss_max)
 
 
 def caption_loss(logits: Tensor, targets: Tensor, label_smoothing: float) -> Tensor:
@@ -83,21 +95,41 @@ def seed_everything(seed: int) -> None:
 def loop_settings(cfg: TrainConfig, score_key: str = "val_cider") -> LoopSettings:
     return LoopSettings(epochs=cfg.epochs, checkpoint_every=cfg.checkpoint_every,
                         log_every=cfg.log_every, progress=cfg.progress,
-                        grad_clip_norm=cfg.grad_clip_norm,
+                        grad_clip_norm=cfg.grad_clip_norm, grad_clip_value=cfg.grad_clip_value,
                         max_nonfinite_steps=cfg.max_nonfinite_steps, score_key=score_key)
 
 
 class CaptionXETask(TrainingTask):
-    """Teacher-forced cross-entropy on caption batches; selection on val CIDEr-D."""
+    """Teacher-forced cross-entropy on caption batches; selection on val CIDEr-D.
 
-    def __init__(self, cfg: TrainConfig, data: Any, inputs: str = "the input stores") -> None:
+    A captioner that fine-tunes its CNN (``captioner.fine_tune_cnn_after_epoch``) reads images:
+    ``image_paths`` (``{image_id: file}``) must then be given; its CNN layers join the optimiser
+    at their own fixed learning rate and train from the configured epoch on
+    (:mod:`mia.captioning.finetune`).
+    """
+
+    def __init__(self, cfg: TrainConfig, data: Any, inputs: str = "the input stores",
+                 image_paths: Mapping[int, str] | None = None, fresh: bool = True) -> None:
         self.cfg = cfg
         self.data = data
         self.inputs = inputs
         self.words = vocab_words(data.vocab)
         seed_everything(cfg.seed)
-        self.model = build_captioner(cfg.captioner, len(self.words)).to(resolve_device(cfg.device))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+        model = build_captioner(cfg.captioner, len(self.words))
+        self.train_images = self.eval_images = None
+        if model.cnn is not None:
+            if image_paths is None:
+                raise ValueError(f"captioner {cfg.captioner.baseline}/{cfg.captioner.variant} "
+                                 "fine-tunes its CNN and reads images: pass image_paths (the "
+                                 "workflow gives the Karpathy JSON and the images folder)")
+            if fresh:
+                finetune.load_imagenet_weights(model)
+            cnn_cfg = cfg.captioner.cnn_config()
+            self.train_images = finetune.CaptionImages(image_paths, cnn_cfg, train=True)
+            self.eval_images = finetune.CaptionImages(image_paths, cnn_cfg, train=False)
+        self.model = model.to(resolve_device(cfg.device))
+        self.optimizer = torch.optim.Adam(finetune.parameter_groups(self.model, cfg.lr),
+                                          lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                           weight_decay=cfg.weight_decay)
         self.scorer = CiderD(data.references("val"))
 
@@ -105,7 +137,17 @@ class CaptionXETask(TrainingTask):
         return {"captioner": dataclasses.asdict(self.cfg.captioner), "vocab": self.words}
 
     def batches(self, epoch: int, start: int) -> Iterable[Any]:
-        return self.data.train_batches(epoch, self.cfg.batch_size, self.cfg.seed, start=start)
+        batches = self.data.train_batches(epoch, self.cfg.batch_size, self.cfg.seed, start=start)
+        if self.train_images is None:
+            return batches
+        return finetune.with_images(batches, self.train_images, self.cfg.captioner.cnn_config()
+                                    .workers, seed=self.cfg.seed, epoch=epoch, start=start,
+                                    pin_memory=self.device.type == "cuda")
+
+    def start_epoch(self, epoch: int) -> None:
+        finetune.cnn_epoch_start(self.model, epoch)
+        if hasattr(self.model.decoder, "ss_prob"):
+            self.model.decoder.ss_prob = scheduled_sampling(self.cfg, epoch)
 
     def num_batches(self, epoch: int) -> int | None:
         count = getattr(self.data, "num_train_batches", None)
@@ -113,19 +155,22 @@ class CaptionXETask(TrainingTask):
 
     def set_learning_rate(self, epoch: int, global_step: int) -> float:
         lr = learning_rate(self.cfg, epoch, global_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        finetune.set_captioner_lr(self.optimizer, lr)  # a fine-tuned CNN keeps its own rate
         return lr
 
     def loss(self, batch: Any, epoch: int) -> tuple[Tensor, dict[str, float]]:
-        batch = move_batch(batch, self.device)
+        batch = trim_captions(move_batch(batch, self.device))
         logits = self.model(batch)
-        return caption_loss(logits, batch["captions"][:, 1:].long(), self.cfg.label_smoothing), {}
+        extras = {}
+        if getattr(self.model.decoder, "ss_prob", 0.0) > 0:
+            extras["ss_prob"] = float(self.model.decoder.ss_prob)
+        return (caption_loss(logits, batch["captions"][:, 1:].long(), self.cfg.label_smoothing),
+                extras)
 
     def validate(self, epoch: int, should_stop: Callable[[], bool]) -> dict[str, float]:
         captions = caption_split(self.model, self.data, "val", self.cfg.val_beam_size,
                                  self.cfg.max_length, self.cfg.val_batch_size,
-                                 should_stop=should_stop)
+                                 should_stop=should_stop, images=self.eval_images)
         if captions is None:
             raise ValidationInterrupted
         return {"val_cider": float(self.scorer.score(captions)[0])}
@@ -139,8 +184,12 @@ class CaptionXETask(TrainingTask):
 
 
 def train_captioner(cfg: TrainConfig, data: Any, out_dir: str | os.PathLike,
-                    inputs: str = "the input stores") -> FitResult:
+                    inputs: str = "the input stores",
+                    image_paths: Mapping[int, str] | None = None) -> FitResult:
     """Train ``cfg.captioner`` on ``data`` (a :class:`mia.data.loaders.CaptionData`) into
     ``out_dir``; resumes from ``out_dir/last.pt``; raises :class:`Preempted` on a stop signal.
-    ``inputs`` names the stores for error messages."""
-    return fit(CaptionXETask(cfg, data, inputs), loop_settings(cfg), Path(out_dir))
+    ``inputs`` names the stores for error messages; ``image_paths`` is needed by captioners that
+    fine-tune their CNN."""
+    out_dir = Path(out_dir)
+    task = CaptionXETask(cfg, data, inputs, image_paths, fresh=not (out_dir / "last.pt").exists())
+    return fit(task, loop_settings(cfg), out_dir)
