@@ -209,6 +209,12 @@ def caption_inputs(wildcards):
     return inputs
 
 
+def vqa_settings(baseline, section):
+    """`vqa.<section>` (model or train) with the baseline's own overrides on top."""
+    own = config["vqa"]["baselines"][baseline].get(section, {})
+    return {**config["vqa"][section], **own}
+
+
 def vqa_inputs(wildcards):
     """A VQA run's stores, plus GloVe vectors for the question words when the config asks."""
     kind = config["vqa"]["baselines"][wildcards.baseline]["features"]
