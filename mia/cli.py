@@ -20,10 +20,12 @@ import mia
 
 # Modules that define ``register(subparsers: argparse._SubParsersAction) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "mia.config_cli",
     "mia.data.cli",
     "mia.data.demo_cli",
     "mia.evaluation.cli",
     "mia.features.cli",
+    "mia.report.cli",
 )
 
 #: Exit status for bad usage or bad input (a file that is missing, malformed or damaged).

@@ -141,20 +141,54 @@ def run_files(run, seed):
     }
 
 
+FIGURE5_RUNS = [f"captioning/visual_attention/mia_n{n}" for n in (1, 3, 5)]
+
+
+def selected_figures():
+    return list(config["report"].get("figures", []))
+
+
+def figure5_run_dirs():
+    """The runs Figure 5 draws (VA w/ MIA, N = 1, 3, 5), each at its first seed."""
+    return [run_dir(run, seeds(run)[0]) for run in FIGURE5_RUNS]
+
+
+def figure5_models():
+    stage = caption_stage("visual_attention")
+    return [f"{d}/{stage}/model.pt" for d in figure5_run_dirs()]
+
+
+def report_runs():
+    """The runs the report reads: the tables' runs, plus Figure 4's and Figure 5's."""
+    runs = selected_runs()
+    if "figure4" in selected_figures():
+        runs += [
+            f"captioning/{b}/{v}"
+            for b in ("visual_attention", "concept_attention")
+            for v in ("base", "mia", "mia_n1", "mia_n3", "mia_n4", "mia_n5")
+        ]
+    return list(dict.fromkeys(runs))
+
+
 def report_run_files():
-    """{run: {seed: files}} for every run of the selected tables."""
-    return {run: {seed: run_files(run, seed) for seed in seeds(run)} for run in selected_runs()}
+    """{run: {seed: files}} for every run the report reads."""
+    return {run: {seed: run_files(run, seed) for seed in seeds(run)} for run in report_runs()}
 
 
-def report_inputs():
-    """Every file the report reads, as one flat list per kind (Snakemake's inputs)."""
+def report_inputs(wildcards=None):
+    """Every file the report reads (Snakemake's inputs of render_report)."""
     files = [f for per_seed in report_run_files().values() for f in per_seed.values()]
-    return {
+    inputs = {
         "metrics": [f["metrics"] for f in files],
         "per_item": [f["per_item"] for f in files if f["per_item"]],
         "histories": [p for f in files for p in f["histories"].values()],
         "benchmarks": [p for f in files for p in f["benchmarks"].values()],
     }
+    if "figure5" in selected_figures():
+        inputs["figure5"] = f"{R}/figures/figure5"
+    if any(r.startswith("vqa/") for r in report_runs()):
+        inputs["vqa_annotations"] = VQA_ANNOTATIONS[config["vqa"]["eval_split"]]
+    return inputs
 
 
 # ------------------------------------------------------------------ raw data and stores

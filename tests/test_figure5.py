@@ -283,3 +283,35 @@ def test_visualize_attention_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="--features"):
         run_command(["visualize", "attention", "--run", str(run), "--image", "5", "--out",
                      str(tmp_path / "x.png")])
+
+
+def test_figure5_of_captioners_that_fine_tuned_their_cnn(tmp_path: Path) -> None:
+    """The paper config fine-tunes the grid baselines' CNN; Figure 5 then uses the features of
+    the run's own CNN on the image, not the stored ones."""
+    from mia.captioning.config import CaptionerConfig
+    from mia.captioning.models import build_captioner
+    from mia.report.visualize import draw_figure5
+
+    torch.set_num_threads(1)
+    run_dirs = []
+    for variant in ("mia_n1", "mia_n3"):
+        run_dir = write_run(tmp_path, variant, [11, 22])
+        torch.manual_seed(0)
+        cfg = CaptionerConfig(baseline="visual_attention", variant=variant, feature_dim=512,
+                              d_model=16, embed_dim=16, attention_dim=16, dropout=0.0,
+                              mia_heads=2, mia_d_ff=32, fine_tune_cnn_after_epoch=0,
+                              cnn={"backbone": "resnet18", "pretrained": False, "resize": 64,
+                                   "crop": 64, "workers": 0})
+        model = build_captioner(cfg, len(VOCAB))
+        torch.save({"model": model.state_dict(), "captioner": dataclasses.asdict(cfg),
+                    "vocab": VOCAB}, run_dir / "xe" / "model.pt")
+        run_dirs.append(run_dir)
+    pngs = draw_figure5(run_dirs, tmp_path / "no-captions-store-needed.h5", tmp_path / "fig5",
+                        images=[22, 11])
+    assert [p.name for p in pngs] == ["image_22.png", "image_11.png"]
+    numbers = json.loads((tmp_path / "fig5" / "image_22.json").read_text())
+    assert numbers["layout"] == "grid 2x2"  # 64-pixel crops through ResNet: 2 x 2 cells
+    assert [p["label"] for p in numbers["panels"]] == ["N = 1", "N = 3"]
+    for panel in numbers["panels"]:
+        for position in panel["positions"]:
+            assert sum(position["visual"]) == pytest.approx(1.0, abs=1e-5)

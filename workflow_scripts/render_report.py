@@ -1,5 +1,7 @@
 """Rule render_report: the HTML report from the runs' metrics, histories and benchmarks."""
 
+from pathlib import Path
+
 from _wf import start
 
 smk = globals()["snakemake"]
@@ -7,6 +9,11 @@ log = start(smk)
 
 from mia.report.render import render_report  # noqa: E402
 
-out = render_report(smk.params.config, smk.params.tables, smk.params.run_files,
-                    smk.output.html, smk.output.figures)
+figure5 = None
+if hasattr(smk.input, "figure5"):
+    figure5 = {"N = 1, 3, 5": sorted(Path(smk.input.figure5).glob("*.png"))}
+out = render_report(smk.params.config, smk.params.tables, smk.params.run_files, smk.output.html,
+                    smk.output.figures, figure5=figure5,
+                    vqa_annotations=getattr(smk.input, "vqa_annotations", None),
+                    tables_dir=smk.output.tables, paper_figures_dir=smk.output.paper_figures)
 log.info("report: %s", out)

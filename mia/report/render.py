@@ -59,7 +59,7 @@ class ReportConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "report") -> ReportConfig:
-        known = {"tables", "figures", "title", "bootstrap"}
+        known = {"tables", "figures", "title", "bootstrap", "figure5_images"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of "

@@ -159,6 +159,46 @@ def image_inputs(spec: RunSpec, image_id: int, vocab: Sequence[str]) -> ImageInp
     return ImageInputs(batch, layout, concept_words, mask, size)
 
 
+def _with_cnn_features(model: torch.nn.Module, inputs: ImageInputs, path: Path) -> ImageInputs:
+    from mia.captioning.finetune import CaptionImages, grid_cells
+
+    cfg = model.cfg.cnn_config()
+    pixels = CaptionImages({0: str(path)}, cfg, train=False)[0, 0].unsqueeze(0)  # (1, 3, S, S)
+    n = grid_cells(cfg)
+    side = math.isqrt(n)
+    concepts, concept_mask = inputs.batch["concepts"][:, :n], inputs.batch["concept_mask"][:, :n]
+    # The model computes its features from ``images`` itself (finetune.GridCNN.featurize).
+    batch = {**inputs.batch, "images": pixels, "concepts": concepts, "concept_mask": concept_mask,
+             "features": torch.zeros(1, n, model.cfg.feature_dim),
+             "feature_mask": torch.ones(1, n, dtype=torch.bool)}
+    words = (inputs.concept_words + ["<pad>"] * n)[:n]
+    return ImageInputs(batch, GridLayout(side, side), words, np.ones(n, dtype=bool), None)
+
+
+def draw_figure5(run_dirs: Sequence[str | os.PathLike], captions_store: str | os.PathLike,
+                 out_dir: str | os.PathLike, images: int | Sequence[int] = 2,
+                 device: str = "cpu") -> list[Path]:
+    """Figure 5 of the paper for the workflow: ``visualize_attention`` of the runs (VA w/ MIA at
+    N = 1, 3, 5) on ``images`` test images (a list of ids, or how many of the test split to take,
+    in store order), one PNG + JSON per image in ``out_dir``."""
+    if isinstance(images, int):
+        with open_store(captions_store, "captions") as f:
+            ids = f["image_ids"][()][f["split"][()] == 2]
+        if len(ids) < images:
+            raise ValueError(f"{captions_store}: {len(ids)} test images, Figure 5 wants {images}")
+        chosen = [int(i) for i in ids[:images]]
+    else:
+        chosen = [int(i) for i in images]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for image_id in chosen:
+        drawn = visualize_attention(run_dirs, image_id, out_dir / f"image_{image_id}.png",
+                                    out_json=out_dir / f"image_{image_id}.json", device=device)
+        pngs.append(Path(drawn.png))
+    return pngs
+
+
 def find_image(images_root: Path | None, image_id: int) -> Path:
     """The image file of ``image_id`` under the raw-data root (docs/CONTRACTS.md layout)."""
     if images_root is None:
@@ -219,10 +259,13 @@ def visualize_attention(run_dirs: Sequence[str | os.PathLike], image_id: int,
         model, vocab = load_captioner(spec.model, device)
         if not hasattr(model, "mia_attention"):
             raise ValueError(f"{spec.model}: this model has no MIA attention to draw")
-        if getattr(model, "cnn", None) is not None:
-            raise ValueError(f"{spec.model}: this captioner fine-tuned its CNN and reads images, "
-                             "not stored features; drawing its attention is not supported yet")
         inputs = image_inputs(spec, image_id, vocab)
+        if getattr(model, "cnn", None) is not None:
+            # A captioner that fine-tuned its CNN saw features of its own CNN, not the stored
+            # ones: compute them from the image as its evaluation transform does.
+            path = Path(image_file) if image_file is not None else find_image(
+                spec.images_root, image_id)
+            inputs = _with_cnn_features(model, inputs, path)
         if first is not None and inputs.layout.n != first.layout.n:
             raise ValueError(f"{run_dir}: {inputs.layout.n} positions, but {run_dirs[0]} has "
                              f"{first.layout.n}; compare runs on the same features")
