@@ -161,12 +161,10 @@ def figure5_models():
 def report_runs():
     """The runs the report reads: the tables' runs, plus Figure 4's and Figure 5's."""
     runs = selected_runs()
-    if "figure4" in selected_figures():
-        runs += [
-            f"captioning/{b}/{v}"
-            for b in ("visual_attention", "concept_attention")
-            for v in ("base", "mia", "mia_n1", "mia_n3", "mia_n4", "mia_n5")
-        ]
+    if "figure4" in selected_figures():  # the N sweep, and the baselines it is drawn against
+        sweep = config["tables"]["figure4_iterations"]["runs"]
+        models = dict.fromkeys(run.rsplit("/", 1)[0] for run in sweep)
+        runs += sweep + [f"{model}/base" for model in models]
     return list(dict.fromkeys(runs))
 
 

@@ -19,7 +19,8 @@ import pytest
 
 SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEST_CONFIGS = (REPO_ROOT / "config.yaml", REPO_ROOT / "config" / "test.yaml")
+TEST_CONFIGS = (REPO_ROOT / "config.yaml", REPO_ROOT / "config" / "demo.yaml",
+                REPO_ROOT / "config" / "test.yaml")
 # One BLAS thread per process: the same arithmetic (so the same numbers) locally and on Slurm.
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 NEEDED_MODULES = ("mia.data.demo", "mia.features.grid", "mia.features.concepts",
