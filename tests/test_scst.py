@@ -316,7 +316,7 @@ def test_document_frequency_file_errors_name_the_fix(tmp_path):
     path = save_document_frequency(df, tmp_path / "df.npz", num_sentences=1, source="test")
     with pytest.raises(ValueError, match="different caption vocabulary"):
         load_document_frequency(path, WORDS[:-1])
-    with pytest.raises(FileNotFoundError, match="write_training_document_frequency"):
+    with pytest.raises(FileNotFoundError, match="write_store_document_frequency"):
         load_document_frequency(tmp_path / "missing.npz")
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}

@@ -1,34 +1,39 @@
 """Rule train_captioner_scst: self-critical training (CIDEr-D reward) from the XE model.
 
-Same contract as train_captioner.py: checkpoints outside the outputs, resume on retry, exit 75
-when preempted, outputs copied atomically at the end.
+Same contract as train_captioner.py (:mod:`mia.training`): checkpoints outside the outputs, a
+fingerprint over the SCST config and every input file (stores, the XE model, the document
+frequencies), so a changed config or a retrained XE model never resumes a stale checkpoint;
+exit 75 when preempted and resume on the retry; ``model.pt`` (the val-selected ``best.pt``) and
+``history.json`` copied atomically only after the last epoch.
 """
 
-import sys
-from pathlib import Path
+import dataclasses
 
 from _wf import finish_training, start
 
 smk = globals()["snakemake"]
 log = start(smk)
 
+import torch  # noqa: E402
+
+from mia.captioning.scst import SCSTConfig  # noqa: E402
+from mia.captioning.scst_train import train_scst  # noqa: E402
 from mia.data.loaders import CaptionData  # noqa: E402
+from mia.training import RunDirectory, fingerprint, run_training_job  # noqa: E402
 
-try:
-    from mia.captioning.scst import SCSTConfig, train_scst
-except ImportError as err:  # the SCST stage of Table 2 is not written yet
-    raise SystemExit(f"rule train_captioner_scst ({smk.wildcards.baseline}/"
-                     f"{smk.wildcards.variant}): mia.captioning.scst.train_scst is not available "
-                     f"({err}); Table 2 needs it") from err
-
-from mia.captioning.train import Preempted  # noqa: E402
-
+torch.set_num_threads(smk.threads)
 data = CaptionData.from_stores(smk.input.captions, smk.input.features, smk.input.concepts)
-cfg = SCSTConfig.from_dict(dict(smk.params.scst), "config captioning.scst")
-ckpt_dir = Path(smk.params.checkpoints)
-try:
-    result = train_scst(cfg, data, smk.input.xe_model, ckpt_dir)
-except Preempted as stop:
-    log.warning("preempted: %s; exiting %d so the retry resumes", stop, stop.exit_code)
-    sys.exit(stop.exit_code)
-finish_training(ckpt_dir, result.best_path, smk.output.history, smk.output.model)
+cfg = SCSTConfig.from_dict({**smk.params.scst, "seed": int(smk.wildcards.seed)},
+                           "config captioning.scst")
+inputs = {"captions": smk.input.captions, "features": smk.input.features,
+          "concepts": smk.input.concepts, "xe_model": smk.input.xe_model,
+          "document_frequency": smk.input.document_frequency}
+run_dir = RunDirectory(smk.params.checkpoints, fingerprint(dataclasses.asdict(cfg), inputs))
+stores = ", ".join(f"{k} {v}" for k, v in inputs.items())
+result = run_training_job(
+    run_dir,
+    lambda: train_scst(cfg, data, smk.input.xe_model, run_dir.path,
+                       smk.input.document_frequency, inputs=stores),
+    log, f"SCST of {smk.wildcards.baseline}/{smk.wildcards.variant} for {cfg.epochs} epochs")
+log.info("best val CIDEr-D %.4f at SCST epoch %d", result.best_score, result.best_epoch)
+finish_training(run_dir.path, result.best_path, smk.output.history, smk.output.model)

@@ -27,7 +27,10 @@ The CIDEr-D reward (``get_self_critical_reward`` with ruotianluo/cider's ``Cider
   for the length penalty; CIDEr-D itself is coco-caption's (sigma 6, clipped counts, x10).
 
 Here the scorer is :class:`mia.evaluation.cider.CiderD`, built ONCE per run from these
-references with the cached document frequencies (:func:`write_training_document_frequency`).
+references with the document frequencies of a file computed once per captions store
+(:func:`write_store_document_frequency`, the workflow's ``cider_document_frequency`` rule:
+``python -m mia.captioning.scst --captions captions.h5 --out cider_df_train.npz``). The
+training run itself is :mod:`mia.captioning.scst_train`.
 """
 
 from __future__ import annotations
@@ -56,9 +59,24 @@ Baseline = Literal["greedy", "mean_of_others"]
 
 @dataclass
 class SCSTConfig:
-    """One SCST phase (after cross-entropy training). Defaults: configs/updown/updown_sc.yml with
-    the reference's option defaults; the Transformer recipe differs in ``lr`` (1e-5),
-    ``lr_schedule`` ("plateau") and ``epochs`` (35)."""
+    """One SCST phase, started from the cross-entropy model (:mod:`mia.captioning.scst_train`).
+
+    Defaults: configs/updown/updown_sc.yml with the reference's option defaults (Adam 0.9/0.999,
+    eps 1e-8, gradients clamped at 0.1, 10 images x 5 samples a batch, lr 5e-5 constant for the
+    epochs 30..50 = 20). The Transformer recipe (configs/transformer/transformer_sc.yml) differs
+    in ``lr`` (1e-5), ``lr_schedule`` ("plateau") and ``epochs`` (35: 15..50).
+
+    ``plateau``: torch's ReduceLROnPlateau as the reference calls it (mode "min" on -CIDEr-D,
+    threshold 1e-4 relative, no cooldown), stepped after each validation. The reference validates
+    every 3,000 iterations and waits ``patience`` 3 bad validations: a reduction after ~12,000
+    iterations without improvement, about one epoch of 11,329 (113,287 images / 10). Here
+    validation is per epoch, so ``plateau_patience`` counts epochs and its default 0 (reduce
+    after the first epoch without improvement) is the nearest translation.
+
+    Validation (selection of ``best.pt``): val CIDEr-D of beam search with ``val_beam_size`` (the
+    reference: 1, greedy) and ``max_length`` steps. ``checkpoint_every``, ``log_every``,
+    ``progress``, ``max_nonfinite_steps``: as :class:`mia.captioning.config.TrainConfig`.
+    """
 
     samples_per_image: int = 5  # train_sample_n
     baseline: Baseline = "greedy"  # "sc"; "mean_of_others" = new self-critical (nsc)
@@ -71,14 +89,23 @@ class SCSTConfig:
     grad_clip: float = 0.1  # 0 disables clipping
     lr_schedule: Literal["constant", "plateau"] = "constant"
     plateau_factor: float = 0.5  # reduce_on_plateau_factor, on validation CIDEr-D
-    plateau_patience: int = 3
+    plateau_patience: int = 0  # epochs without improvement before a reduction (see above)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
     seed: int = 123
+    val_beam_size: int = 1
+    val_batch_size: int = 100
+    checkpoint_every: int = 1000  # steps between last.pt snapshots (0: only at epoch ends)
+    log_every: int = 100  # steps between progress lines in the log (0: none)
+    max_nonfinite_steps: int = 5
+    device: str = "auto"  # "auto" = cuda when available
+    progress: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # YAML gives a list
+        if len(self.betas) != 2:
+            raise ValueError(f"scst.betas: expected two numbers, got {list(self.betas)}")
         if self.baseline not in ("greedy", "mean_of_others"):
             raise ValueError(f"scst.baseline: {self.baseline!r} is not 'greedy' or "
                              "'mean_of_others'")
@@ -87,17 +114,27 @@ class SCSTConfig:
                              f"{self.samples_per_image}")
         if self.baseline == "mean_of_others" and self.samples_per_image < 2:
             raise ValueError("scst.baseline 'mean_of_others' needs samples_per_image >= 2")
-        for name in ("epochs", "batch_size", "max_length"):
+        for name in ("epochs", "batch_size", "max_length", "val_beam_size", "val_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"scst.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"scst.temperature: must be > 0, got {self.temperature}")
+        for name in ("plateau_patience", "checkpoint_every", "log_every", "max_nonfinite_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"scst.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ValueError(f"scst.lr and scst.temperature must be > 0, got lr={self.lr}, "
+                             f"temperature={self.temperature}")
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError(f"scst.plateau_factor: must be in (0, 1), got {self.plateau_factor}")
+        if self.grad_clip < 0:
+            raise ValueError(f"scst.grad_clip: must be >= 0 (0 disables), got {self.grad_clip}")
         if self.grad_clip_mode not in ("value", "norm"):
             raise ValueError(f"scst.grad_clip_mode: {self.grad_clip_mode!r} is not 'value' or "
                              "'norm'")
         if self.lr_schedule not in ("constant", "plateau"):
             raise ValueError(f"scst.lr_schedule: {self.lr_schedule!r} is not 'constant' or "
                              "'plateau'")
+        if self.progress not in (True, False, "auto"):
+            raise ValueError(f"scst.progress: {self.progress!r} is not true, false or 'auto'")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "scst") -> SCSTConfig:
@@ -134,21 +171,51 @@ def reward_references(references: Mapping[Hashable, Sequence[str]],
     return out
 
 
+def document_frequency_references(references: Mapping[Hashable, Sequence[str]],
+                                  vocab: Sequence[str]) -> dict[Hashable, list[str]]:
+    """What ``prepro_ngrams.py`` counts, from space-joined whole captions: every token (uncut),
+    words outside ``vocab`` as ``<unk>``, then ``<eos>``."""
+    known = set(vocab)
+    return {key: [" ".join([t if t in known else UNK_WORD for t in s.split()] + [EOS_WORD])
+                  for s in sentences] for key, sentences in references.items()}
+
+
 def karpathy_training_references(images: Iterable[KarpathyImage], vocab: Sequence[str]
                                  ) -> dict[int, list[str]]:
-    """``prepro_ngrams.py --split train``: every train/restval caption, all its tokens, words
-    outside ``vocab`` as ``<unk>``, then ``<eos>``; keyed by COCO id."""
-    known = set(vocab)
-    out: dict[int, list[str]] = {}
-    for img in images:
-        if img.split not in ("train", "restval"):
-            continue
-        out[img.cocoid] = [" ".join([t if t in known else UNK_WORD for t in s.tokens]
-                                    + [EOS_WORD]) for s in img.sentences]
-    if not out:
+    """``prepro_ngrams.py --split train``: every train/restval caption of ``dataset_coco.json``
+    (:func:`document_frequency_references`), keyed by COCO id."""
+    whole = {img.cocoid: [" ".join(s.tokens) for s in img.sentences] for img in images
+             if img.split in ("train", "restval")}
+    if not whole:
         raise ValueError("no train/restval images: the document frequencies need training "
                          "references")
-    return out
+    return document_frequency_references(whole, vocab)  # type: ignore[return-value]
+
+
+def store_training_references(captions_h5: str | os.PathLike
+                              ) -> tuple[dict[Hashable, list[str]], list[str]]:
+    """The same references from a captions store (its ``train`` split is Karpathy's train +
+    restval; ``caption_text`` holds the whole captions), and the store's vocabulary."""
+    from mia.data.loaders import CaptionData
+
+    data = CaptionData.from_stores(captions_h5)
+    words = [str(w) for w in data.vocab.words]
+    whole = data.references("train")
+    if not whole:
+        raise ValueError(f"{captions_h5}: no training images: the SCST document frequencies "
+                         "need training references; rebuild the captions store")
+    return document_frequency_references(whole, words), words
+
+
+def _write_document_frequency(references: Mapping[Hashable, Sequence[str]],
+                              vocab: Sequence[str], out_path: str | os.PathLike,
+                              source: str) -> DocumentFrequency:
+    df = DocumentFrequency(references, CiderDConfig(), vocab=list(vocab))
+    save_document_frequency(
+        df, out_path, num_sentences=sum(map(len, references.values())),
+        source=f"{source}: train+restval captions, uncut, out-of-vocabulary words as "
+               f"{UNK_WORD}, {EOS_WORD} appended (prepro_ngrams.py --split train)")
+    return df
 
 
 def write_training_document_frequency(karpathy_json: str | os.PathLike, vocab: Sequence[str],
@@ -156,12 +223,16 @@ def write_training_document_frequency(karpathy_json: str | os.PathLike, vocab: S
     """Compute the SCST document frequencies from ``dataset_coco.json`` and save them (once per
     dataset and vocabulary; :func:`load_document_frequency` reads them back)."""
     references = karpathy_training_references(read_karpathy(karpathy_json), vocab)
-    df = DocumentFrequency(references, CiderDConfig(), vocab=list(vocab))
-    save_document_frequency(
-        df, out_path, num_sentences=sum(map(len, references.values())),
-        source=f"{Path(karpathy_json).name}: train+restval captions, uncut, out-of-vocabulary "
-               f"words as {UNK_WORD}, {EOS_WORD} appended (prepro_ngrams.py --split train)")
-    return df
+    return _write_document_frequency(references, vocab, out_path, Path(karpathy_json).name)
+
+
+def write_store_document_frequency(captions_h5: str | os.PathLike,
+                                   out_path: str | os.PathLike) -> DocumentFrequency:
+    """The same from a captions store with its own vocabulary: what the workflow's
+    ``cider_document_frequency`` rule runs (``python -m mia.captioning.scst``), once per
+    captions store; every SCST run then only reads the file."""
+    references, vocab = store_training_references(captions_h5)
+    return _write_document_frequency(references, vocab, out_path, Path(captions_h5).name)
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -282,19 +353,36 @@ def scst_step(model: nn.Module, batch: dict[str, Tensor], scorer: SCSTScorer, cf
     return loss, stats
 
 
-def clip_gradients(parameters: Iterable[nn.Parameter], cfg: SCSTConfig) -> None:
-    """The reference's ``clip_grad_{value,norm}_(params, grad_clip_value)``."""
-    if cfg.grad_clip <= 0:
-        return
-    params = [p for p in parameters if p.grad is not None]
-    if cfg.grad_clip_mode == "value":
-        torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
-    else:
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-
-
 def training_references(data: Any, max_length: int = 16) -> dict[Hashable, list[str]]:
     """:func:`reward_references` of every training image of a ``CaptionData``, from its whole
     captions (``references("train")``) and its vocabulary; ``max_length`` = the reference's
     label length (16), whatever length the captions store keeps."""
-    return reward_references(data.references("train"), max_length, data.vocab.words)
+    words = [str(w) for w in getattr(data.vocab, "words", data.vocab)]
+    return reward_references(data.references("train"), max_length, words)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mia.captioning.scst --captions captions.h5 --out cider_df_train.npz``."""
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mia.captioning.scst",
+        description="Compute the CIDEr-D document frequencies of the SCST reward from the "
+                    "training captions of a captions store (once; every SCST run reads them).")
+    parser.add_argument("--captions", required=True, help="captions.h5")
+    parser.add_argument("--out", required=True, help="the .npz file to write")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    started = time.perf_counter()
+    df = write_store_document_frequency(args.captions, args.out)
+    logging.getLogger(__name__).info(
+        "%s: %d n-grams from the references of %d training images (%.1f s)", args.out, len(df),
+        df.num_docs, time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

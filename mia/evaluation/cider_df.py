@@ -99,8 +99,9 @@ def read_document_frequency(path: str | os.PathLike, vocab: Sequence[str] | None
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no document-frequency file; compute it once from the "
-                                "training references (mia.captioning.scst."
-                                "write_training_document_frequency)")
+                                "training references: python -m mia.captioning.scst --captions "
+                                "CAPTIONS_H5 --out FILE (the workflow's cider_document_frequency "
+                                "rule; mia.captioning.scst.write_store_document_frequency)")
     with np.load(path, allow_pickle=False) as z:
         if "format" not in z or str(z["format"]) != FORMAT:
             raise ValueError(f"{path}: not a {FORMAT} file")
