@@ -224,3 +224,99 @@ def generate_demo_world(root: str | os.PathLike, cfg: DemoConfig | None = None) 
         "split_sizes": manifest.split_sizes, "num_captions": manifest.num_captions,
         "num_questions": manifest.num_questions, "files": files})
     return manifest
+
+
+# --------------------------------------------------------------------------- server test set
+
+#: Image ids of the test set start here; the world's own ids are below (disjoint, as COCO's).
+TEST_IMAGE_IDS_FROM = 600_000
+
+
+@dataclass
+class DemoTestManifest:
+    """What :func:`generate_demo_test_set` wrote."""
+
+    root: Path
+    image_ids: list[int]
+    test_dev_image_ids: list[int]
+    num_questions: dict[str, int]
+    files: list[str] = field(default_factory=list)
+
+
+def generate_demo_test_set(root: str | os.PathLike, cfg: DemoConfig | None = None,
+                           num_images: int = 20, test_dev_fraction: float = 0.5
+                           ) -> DemoTestManifest:
+    """The demo world's counterpart of VQA v2's test2015: new images and questions only.
+
+    The evaluation-server path (a model trained on train + val answering test-dev and
+    test-std) needs questions about images that no training or validation question is about.
+    This writes, under ``root`` and beside an existing world of the same ``cfg``:
+
+    * ``test2015/COCO_test2015_<id>.jpg``: ``num_images`` new scenes, ids from
+      :data:`TEST_IMAGE_IDS_FROM` on (never a world image);
+    * ``vqa/v2_OpenEnded_mscoco_test2015_questions.json`` (test-std: every question) and
+      ``vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json`` (the questions of a
+      ``test_dev_fraction`` of the images), in VQA v2's test format: questions, no annotations;
+    * ``annotations/instances_test2015.json``: the shapes' boxes in COCO instances format. Real
+      COCO has no test boxes; the demo writes them so that its region features (``source:
+      boxes``, RoIAlign on given boxes) exist for these images as for the others.
+
+    A generator of its own (seeded by ``cfg.seed``) draws everything, so the world's files are
+    untouched and byte-identical with or without a test set.
+    """
+    cfg = cfg or DemoConfig()
+    if num_images < 2:
+        raise ValueError(f"demo test set: num_images must be >= 2 (test-dev and the rest), got "
+                         f"{num_images}")
+    if not 0 < test_dev_fraction < 1:
+        raise ValueError(f"demo test set: test_dev_fraction must be in (0, 1), got "
+                         f"{test_dev_fraction}")
+    root = Path(root)
+    rng = random.Random(f"mia-demo-test2015:{cfg.seed}")
+    image_ids = rng.sample(range(TEST_IMAGE_IDS_FROM, 1_000_000), num_images)
+    n_dev = min(num_images - 1, max(1, round(test_dev_fraction * num_images)))
+    dev_images = set(rng.sample(image_ids, n_dev))
+    (root / "test2015").mkdir(parents=True, exist_ok=True)
+    images, instances, questions = [], [], []
+    instance_id = 0
+    for image_id in image_ids:
+        srng = random.Random(f"mia-demo-test2015-scene:{cfg.seed}:{image_id}")
+        scene = sample_scene(srng, image_id, "test2015", "test", cfg.image_size, cfg.max_objects)
+        buf = io.BytesIO()
+        render_scene(scene, cfg.image_size).save(buf, "JPEG", quality=cfg.jpeg_quality,
+                                                 subsampling=0)
+        write_bytes(root / "test2015" / scene.file_name, buf.getvalue())
+        images.append({"license": 1, "file_name": scene.file_name, "coco_url": "",
+                       "height": cfg.image_size, "width": cfg.image_size,
+                       "date_captured": "2019-01-01 00:00:00", "flickr_url": "", "id": image_id})
+        for obj in scene.objects:
+            instance_id += 1
+            instances.append({
+                "segmentation": [[v for point in obj.polygon for v in point]],
+                "area": round(obj.area, 2), "iscrowd": 0, "image_id": image_id,
+                "bbox": [round(v, 2) for v in obj.bbox], "category_id": SHAPES[obj.shape],
+                "id": instance_id})
+        for k, q in enumerate(make_questions(srng, scene, cfg.questions_per_image)):
+            questions.append({"image_id": image_id, "question": question_surface(srng, q.text),
+                              "question_id": image_id * 1000 + k})
+    dev = [q for q in questions if q["image_id"] in dev_images]
+    files = []
+    for subtype, subset in (("test2015", questions), ("test-dev2015", dev)):
+        rel = f"vqa/v2_OpenEnded_mscoco_{subtype}_questions.json"
+        _write_json(root / rel, {"info": _VQA_INFO, "task_type": "Open-Ended",
+                                 "data_type": "mscoco", "license": _VQA_LICENSE,
+                                 "data_subtype": subtype, "questions": subset})
+        files.append(rel)
+    categories = [{"supercategory": "shape", "id": cid, "name": name}
+                  for name, cid in SHAPES.items()]
+    info = {"description": f"mia-repro demo world (test2015, seed {cfg.seed}): generated coloured "
+                           "shapes in COCO format; boxes given for the demo's region features",
+            **_COCO_INFO}
+    rel = "annotations/instances_test2015.json"
+    _write_json(root / rel, {"info": info, "licenses": _LICENSES, "images": images,
+                             "annotations": instances, "categories": categories})
+    files.append(rel)
+    return DemoTestManifest(root=root, image_ids=image_ids,
+                            test_dev_image_ids=[i for i in image_ids if i in dev_images],
+                            num_questions={"test-std": len(questions), "test-dev": len(dev)},
+                            files=files)

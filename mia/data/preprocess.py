@@ -20,8 +20,8 @@ import numpy as np
 from mia.data import store
 from mia.data.answers import training_answer
 from mia.data.karpathy import SPLIT_CODES, KarpathyImage, read_karpathy
-from mia.data.vocab import BOS, EOS, QUESTION_SPECIALS, build_vocabulary
-from mia.data.vqa_v2 import ANSWERS_PER_QUESTION, VQAExample, read_vqa
+from mia.data.vocab import BOS, EOS, QUESTION_SPECIALS, Vocabulary, build_vocabulary
+from mia.data.vqa_v2 import ANSWERS_PER_QUESTION, VQAExample, read_vqa, read_vqa_questions
 from mia.io import write_json
 
 
@@ -236,5 +236,53 @@ def build_vqa_store(questions_paths_by_split: Mapping[str, str | os.PathLike],
         attrs={"question_vocab": list(qvocab.words), "answer_vocab": answers,
                "max_question_length": cfg.max_question_length,
                "min_answer_count": cfg.min_answer_count},
+    )
+    return Path(out_h5)
+
+
+def build_vqa_test_store(questions_path: str | os.PathLike, vocab_store: str | os.PathLike,
+                         out_h5: str | os.PathLike,
+                         subsets: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Write a ``vqa`` store of test questions (no answers) in the vocabularies of ``vocab_store``.
+
+    The evaluation-server runs answer VQA v2's test2015 questions with a model trained on
+    ``vqa.h5``; their images are not Karpathy images, so they get stores of their own, and the
+    questions must be encoded with exactly the training vocabulary (words it lacks become
+    ``<unk>``) and cut at the same length. Every question is in the ``test`` split, with labels
+    -1. ``subsets`` (e.g. ``{"test-dev": path}``) are questions files that must be subsets of
+    ``questions_path`` (same question ids and images): test-dev is answered from this store too.
+    """
+    with store.open_store(vocab_store, "vqa") as f:
+        attrs = store.read_attrs(f)
+    qvocab = Vocabulary(tuple(attrs["question_vocab"]))
+    max_length = int(attrs["max_question_length"])
+    examples = read_vqa(questions_path)
+    if not examples:
+        raise ValueError(f"{questions_path}: no questions")
+    image_of = {ex.question_id: ex.image_id for ex in examples}
+    for name, path in (subsets or {}).items():
+        for q in read_vqa_questions(path):
+            if image_of.get(q.question_id) != q.image_id:
+                raise ValueError(
+                    f"{path}: {name} question {q.question_id} (image {q.image_id}) is not in "
+                    f"{questions_path}; both must come from the same v2_Questions_Test_mscoco.zip")
+    questions = np.zeros((len(examples), max_length), dtype=np.int32)
+    for row, ex in enumerate(examples):
+        ids = qvocab.encode(tokenize_question(ex.question.question)[:max_length])
+        questions[row, :len(ids)] = ids
+    image_ids, image_index = np.unique([ex.image_id for ex in examples], return_inverse=True)
+    n = len(examples)
+    store.write_store(
+        out_h5, kind="vqa", image_ids=image_ids,
+        datasets={"question_ids": np.array([ex.question_id for ex in examples], np.int64),
+                  "question_image_index": image_index.astype(np.int64), "questions": questions,
+                  "split": np.full(n, SPLIT_CODES["test"], np.uint8),
+                  "answer_labels": np.full((n, ANSWERS_PER_QUESTION), -1, np.int32),
+                  "answer_scores": np.zeros((n, ANSWERS_PER_QUESTION), np.float32)},
+        config={"questions": {"test": str(questions_path)}, "vocab_store": str(vocab_store),
+                "subsets": {k: str(v) for k, v in (subsets or {}).items()}},
+        attrs={"question_vocab": list(qvocab.words), "answer_vocab": list(attrs["answer_vocab"]),
+               "max_question_length": max_length,
+               "min_answer_count": attrs["min_answer_count"]},
     )
     return Path(out_h5)

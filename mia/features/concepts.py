@@ -386,11 +386,14 @@ def extract_concepts(detector: ConceptDetector, features_h5: str | os.PathLike,
 
 def build_concept_store(captions: CaptionWords | str | os.PathLike,
                         features_h5: str | os.PathLike, out_h5: str | os.PathLike,
-                        cfg: ConceptConfig) -> Path:
+                        cfg: ConceptConfig, extract_from: str | os.PathLike | None = None
+                        ) -> Path:
     """Train the detector on ``captions`` (words, a Karpathy JSON or a captions store) and the
-    grid features, then write the ``concepts`` store for every image of the features."""
+    grid features, then write the ``concepts`` store for every image of the features, or of
+    the grid store ``extract_from`` (images without captions, e.g. the VQA server's test2015
+    images: the same seeded detector, trained on the same images, labels them)."""
     words = captions if isinstance(captions, CaptionWords) else load_caption_words(captions)
     if not words.tokens:
         raise StoreError(f"{captions}: no captions")
     detector = train_concept_detector(words, features_h5, cfg)
-    return extract_concepts(detector, features_h5, out_h5, cfg)
+    return extract_concepts(detector, extract_from or features_h5, out_h5, cfg)

@@ -71,6 +71,17 @@ def images_from_karpathy(karpathy_json: str | os.PathLike, root: str | os.PathLi
     return [(img.cocoid, images_dir / img.relative_path) for img in read_karpathy(karpathy_json)]
 
 
+def images_from_vqa_questions(questions_json: str | os.PathLike, image_dir: str | os.PathLike,
+                              subset: str = "test2015") -> list[tuple[int, Path]]:
+    """``(image_id, {image_dir}/COCO_{subset}_{id:012d}.jpg)`` of every image a VQA questions
+    file asks about, in order of first question: the image set of the evaluation server's
+    test2015 questions, which no Karpathy JSON lists."""
+    from mia.data.vqa_v2 import read_vqa_questions
+
+    ids = dict.fromkeys(q.image_id for q in read_vqa_questions(questions_json))
+    return [(i, Path(image_dir) / f"COCO_{subset}_{i:012d}.jpg") for i in ids]
+
+
 def check_image_list(images: ImageList) -> list[tuple[int, str]]:
     """Normalise to ``(int, str)`` pairs and reject duplicate ids (stores index by image id)."""
     out, seen = [], set()

@@ -260,9 +260,22 @@ def extract_region_features(cfg: RegionFeatureConfig, out_h5: str | os.PathLike,
     ``instances`` (COCO instance files) feed the ``boxes`` source; ``tsv_dir`` (default
     ``{root}/bottom_up/trainval_36``) the ``bottom_up_tsv`` source.
     """
-    images = images_from_karpathy(karpathy_json, root)
+    return extract_region_features_of(images_from_karpathy(karpathy_json, root), cfg, out_h5,
+                                      instances=instances,
+                                      tsv_dir=tsv_dir or Path(root) / "bottom_up" / "trainval_36")
+
+
+def extract_region_features_of(images: ImageList, cfg: RegionFeatureConfig,
+                               out_h5: str | os.PathLike, *,
+                               instances: Sequence[str | os.PathLike] = (),
+                               tsv_dir: str | os.PathLike | None = None) -> Path:
+    """The region store of ``images`` (``(image_id, path)`` pairs, kept in order) from
+    ``cfg.source``: the Karpathy images above, or another image set (the evaluation server's
+    test2015 images, whose TSVs are ``test2015_36``)."""
     if cfg.source == "bottom_up_tsv":
-        tsv_dir = tsv_dir or Path(root) / "bottom_up" / "trainval_36"
+        if tsv_dir is None:
+            raise ValueError("features.regions.source: bottom_up_tsv needs the folder of the "
+                             "images' TSV files (bottom_up/trainval_36 or bottom_up/test2015_36)")
         return import_bottomup_tsv(_tsv_files(tsv_dir), out_h5, cfg,
                                    image_ids=[i for i, _ in images])
     if cfg.source == "boxes":
