@@ -1,32 +1,53 @@
-"""Rule train_vqa: one ``vqa/{baseline}/{variant}`` run (Table 3); resumable like captioning."""
+"""Rules train_vqa and train_vqa_trainval: one ``vqa/{baseline}/{variant}`` run of Table 3.
 
-import sys
-from pathlib import Path
+train_vqa trains on the train answers and selects the epoch of the best official val accuracy;
+train_vqa_trainval (the evaluation-server runs) trains on train + val and keeps the last epoch
+(``params.train`` then has ``train_splits: [train, val]``). The run lifecycle (checkpoints
+outside the outputs, fingerprint of config + stores + GloVe, attempts, exit 75 when preempted,
+resume on retry) is :mod:`mia.training`'s; ``model.pt`` and ``history.json`` are copied atomically
+only after the last epoch.
+"""
+
+import dataclasses
 
 from _wf import finish_training, start
 
 smk = globals()["snakemake"]
 log = start(smk)
 
+import torch  # noqa: E402
+
 from mia.data.loaders import VQAData  # noqa: E402
+from mia.training import RunDirectory, fingerprint, run_training_job  # noqa: E402
+from mia.vqa.config import VQAModelConfig  # noqa: E402
+from mia.vqa.train import VQATrainConfig, train_vqa  # noqa: E402
 
-try:
-    from mia.vqa.train import VQATrainConfig, train_vqa
-except ImportError as err:  # Table 3's models live in mia.vqa, written separately
-    raise SystemExit(f"rule train_vqa ({smk.wildcards.baseline}/{smk.wildcards.variant}): "
-                     f"mia.vqa.train.train_vqa is not available ({err}); Table 3 needs it") from err
-
-from mia.captioning.train import Preempted  # noqa: E402
-
-data = VQAData.from_stores(smk.input.vqa, smk.input.features)
-cfg = VQATrainConfig.from_dict({**smk.params.train, "model": {
-    **smk.params.model, "baseline": smk.wildcards.baseline, "variant": smk.wildcards.variant}},
-    "config vqa.train")
-ckpt_dir = Path(smk.params.checkpoints)
-try:
-    result = train_vqa(cfg, data, ckpt_dir, concepts_h5=smk.input.concepts,
-                       glove=smk.input.get("glove"))
-except Preempted as stop:
-    log.warning("preempted: %s; exiting %d so the retry resumes", stop, stop.exit_code)
-    sys.exit(stop.exit_code)
-finish_training(ckpt_dir, result.best_path, smk.output.history, smk.output.model)
+torch.set_num_threads(smk.threads)
+data = VQAData.from_stores(smk.input.vqa, smk.input.features, concepts_h5=smk.input.concepts)
+model = VQAModelConfig.from_dict(
+    {**smk.params.model, "baseline": smk.wildcards.baseline, "variant": smk.wildcards.variant,
+     "feature_dim": int(data.features.shape[2])}, "config vqa.model")
+cfg = VQATrainConfig.from_dict({**smk.params.train, "seed": int(smk.wildcards.seed),
+                                "model": model}, "config vqa.train")
+inputs = {name: smk.input.get(name) for name in ("vqa", "features", "concepts", "glove",
+                                                 "val_questions", "val_annotations")
+          if smk.input.get(name)}
+run_dir = RunDirectory(smk.params.checkpoints, fingerprint(dataclasses.asdict(cfg), inputs))
+stores = ", ".join(f"{k} store {v}" for k, v in inputs.items() if k in ("vqa", "features",
+                                                                         "concepts"))
+mode = "on " + " + ".join(cfg.train_splits)
+result = run_training_job(
+    run_dir, lambda: train_vqa(cfg, data, run_dir.path, glove=inputs.get("glove"), inputs=stores,
+                               val_questions=inputs.get("val_questions"),
+                               val_annotations=inputs.get("val_annotations")),
+    log, f"vqa/{model.baseline}/{model.variant} {mode} for {cfg.epochs} epochs")
+if cfg.validates:
+    best = result.history[result.best_epoch - 1]
+    log.info("best official val accuracy %.2f at epoch %d (%s)", result.best_score,
+             result.best_epoch, ", ".join(f"{k[len('val_accuracy_'):]} {v:.2f}"
+                                          for k, v in best.items()
+                                          if k.startswith("val_accuracy_")))
+else:
+    log.info("trained on %s; keeping the last epoch (%d)", "+".join(cfg.train_splits),
+             result.best_epoch)
+finish_training(run_dir.path, result.best_path, smk.output.history, smk.output.model)
