@@ -306,3 +306,68 @@ def test_detectron2_extractor_when_installed(tmp_path, coco_images):
     store = load_store(extract_detectron2_features(coco_images[:2], tmp_path / "d2.h5", cfg))
     assert store["features"].shape == (2, 36, 2048)
     assert (store["num_boxes"] == 36).all()
+
+
+def _roi_align_kernel(fmap: np.ndarray, box: np.ndarray, r: int, scale: float, s: int
+                      ) -> np.ndarray:
+    """torchvision's roi_align CPU/CUDA kernel (aligned=True) transcribed point by point:
+    points more than one pixel outside the map give 0, others are clamped and interpolated."""
+    c, h, w = fmap.shape
+    x1, y1, x2, y2 = (float(v) * scale - 0.5 for v in box)
+    bin_h, bin_w = (y2 - y1) / r, (x2 - x1) / r
+    out = np.zeros((c, r, r))
+    for ph in range(r):
+        for pw in range(r):
+            acc = np.zeros(c)
+            for iy in range(s):
+                y = y1 + ph * bin_h + (iy + 0.5) * bin_h / s
+                for ix in range(s):
+                    x = x1 + pw * bin_w + (ix + 0.5) * bin_w / s
+                    if y < -1.0 or y > h or x < -1.0 or x > w:
+                        continue
+                    yy, xx = max(y, 0.0), max(x, 0.0)
+                    y_low, x_low = int(yy), int(xx)
+                    if y_low >= h - 1:
+                        y_high = y_low = h - 1
+                        yy = float(y_low)
+                    else:
+                        y_high = y_low + 1
+                    if x_low >= w - 1:
+                        x_high = x_low = w - 1
+                        xx = float(x_low)
+                    else:
+                        x_high = x_low + 1
+                    ly, lx = yy - y_low, xx - x_low
+                    acc += ((1 - ly) * (1 - lx) * fmap[:, y_low, x_low]
+                            + (1 - ly) * lx * fmap[:, y_low, x_high]
+                            + ly * (1 - lx) * fmap[:, y_high, x_low]
+                            + ly * lx * fmap[:, y_high, x_high])
+            out[:, ph, pw] = acc / (s * s)
+    return out
+
+
+def test_vectorised_roi_align_equals_torchvision_and_its_kernel():
+    from mia.features.roi_align import roi_align, roi_mean
+
+    torch.manual_seed(0)
+    fmap = torch.randn(1, 5, 4, 6, dtype=torch.float64)
+    inside = torch.tensor([[0, 0, 192, 128], [10.5, 3, 97, 61], [150, 100, 192, 128],
+                           [40, 40, 41, 41], [0, 0, 0, 0]], dtype=torch.float64)
+    got = roi_align(fmap, inside, 3, 1 / 32, 2)
+    # torchvision's own implementation (its Python fallback on this CPU torch)
+    ref = torchvision.ops.roi_align(fmap, [inside], output_size=3, spatial_scale=1 / 32,
+                                    sampling_ratio=2, aligned=True)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    # boxes reaching far outside the map: the kernel's rule (0 beyond one pixel) by hand
+    outside = torch.tensor([[-100, -80, 60, 40], [150, 100, 400, 300], [-64, 0, -33, 128]],
+                           dtype=torch.float64)
+    boxes = torch.cat([inside, outside])
+    got = roi_align(fmap, boxes, 3, 1 / 32, 2).numpy()
+    for i, box in enumerate(boxes.numpy()):
+        np.testing.assert_allclose(got[i], _roi_align_kernel(fmap[0].numpy(), box, 3, 1 / 32, 2),
+                                   rtol=1e-12, atol=1e-12)
+    assert roi_align(fmap, boxes[:0], 3, 1 / 32, 2).shape == (0, 5, 3, 3)
+    # Region features are the bins' mean: the weighted-sum form gives the same numbers.
+    torch.testing.assert_close(roi_mean(fmap, boxes, 3, 1 / 32, 2),
+                               roi_align(fmap, boxes, 3, 1 / 32, 2).mean(dim=(2, 3)),
+                               rtol=1e-12, atol=1e-12)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +43,8 @@ from mia.features.region_store import (
     RegionStoreWriter,
     pad_with_grid_boxes,
 )
+from mia.features.roi_align import roi_align as vectorised_roi_align
+from mia.features.roi_align import roi_mean
 from mia.vision import USING_FALLBACK, torchvision
 
 log = logging.getLogger(__name__)
@@ -162,18 +163,12 @@ def roi_align(fmap: torch.Tensor, boxes: torch.Tensor, output_size: int, spatial
               sampling_ratio: int) -> torch.Tensor:
     """``torchvision.ops.roi_align`` (aligned=True) of one image's (n, 4) boxes -> (n, C, r, r).
 
-    Without torchvision's compiled ops (CPU torch here, see :mod:`mia.vision`), its Python
-    fallback is wrapped in ``torch.compile`` with dynamic shapes, which recompiles for every new
-    feature-map size (seconds per image); we call that fallback's eager body instead: the same
-    arithmetic, no compiler.
+    Without torchvision's compiled ops (CPU torch here, see :mod:`mia.vision`) its Python
+    fallback is slow (and wrapped in ``torch.compile``, which recompiles for every feature-map
+    size): :func:`mia.features.roi_align.roi_align` computes the same numbers, vectorised.
     """
     if USING_FALLBACK:
-        fallback = getattr(sys.modules["torchvision.ops.roi_align"], "_roi_align", None)
-        eager = getattr(fallback, "__wrapped__", None)
-        if eager is not None:
-            rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1)  # batch index 0
-            return eager(fmap, rois, spatial_scale, output_size, output_size, sampling_ratio,
-                         True)
+        return vectorised_roi_align(fmap, boxes, output_size, spatial_scale, sampling_ratio)
     return torchvision.ops.roi_align(fmap, [boxes], output_size=output_size,
                                      spatial_scale=spatial_scale, sampling_ratio=sampling_ratio,
                                      aligned=True)
@@ -199,6 +194,9 @@ class BoxPooler:
             fmap = self.trunk(x).float()  # (1, C, h, w)
         scaled = torch.from_numpy(boxes * np.array([scale_x, scale_y, scale_x, scale_y],
                                                    dtype=np.float32)).to(self.device)
+        if USING_FALLBACK:  # the mean of the bins as one matrix product (mia.features.roi_align)
+            return roi_mean(fmap, scaled, self.cfg.roi_size, 1.0 / STRIDE,
+                            self.cfg.sampling_ratio).cpu().numpy()
         pooled = roi_align(fmap, scaled, self.cfg.roi_size, 1.0 / STRIDE,
                            self.cfg.sampling_ratio)  # (n, C, r, r)
         return pooled.mean(dim=(2, 3)).cpu().numpy()
