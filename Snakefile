@@ -46,3 +46,4 @@ rule all:
     default_target: True
     input:
         f"reports/{NAME}/index.html",
+        VQA_SERVER_FILES,  # the VQA evaluation server's uploads, when vqa.server.enabled

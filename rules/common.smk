@@ -173,6 +173,23 @@ def report_run_files():
     return {run: {seed: run_files(run, seed) for seed in seeds(run)} for run in report_runs()}
 
 
+SERVER_SPLITS = ("test-dev", "test-std")
+
+
+def server_score_files():
+    """The VQA evaluation server's results the user fetched into a run's folder
+    (`server_scores_test-dev.json`, `server_scores_test-std.json`; see README), where present:
+    {run: {seed: {split: path}}}. A new file changes the report's inputs, so it is redrawn."""
+    found = {}
+    for run in selected_runs("vqa"):
+        for seed in seeds(run):
+            for split in SERVER_SPLITS:
+                path = f"{run_dir(run, seed)}/server_scores_{split}.json"
+                if os.path.exists(path):
+                    found.setdefault(run, {}).setdefault(seed, {})[split] = path
+    return found
+
+
 def report_inputs(wildcards=None):
     """Every file the report reads (Snakemake's inputs of render_report)."""
     files = [f for per_seed in report_run_files().values() for f in per_seed.values()]
@@ -186,6 +203,11 @@ def report_inputs(wildcards=None):
         inputs["figure5"] = f"{R}/figures/figure5"
     if any(r.startswith("vqa/") for r in report_runs()):
         inputs["vqa_annotations"] = VQA_ANNOTATIONS[config["vqa"]["eval_split"]]
+    scores = server_score_files()
+    if scores:
+        inputs["server_scores"] = [
+            p for s in scores.values() for f in s.values() for p in f.values()
+        ]
     return inputs
 
 

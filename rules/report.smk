@@ -75,5 +75,6 @@ rule render_report:
         config=config,
         tables=selected_tables(),
         run_files=report_run_files(),
+        server_files=server_score_files(),
     script:
         "../workflow_scripts/render_report.py"

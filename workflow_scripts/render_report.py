@@ -13,7 +13,7 @@ figure5 = None
 if hasattr(smk.input, "figure5"):
     figure5 = {"N = 1, 3, 5": sorted(Path(smk.input.figure5).glob("*.png"))}
 out = render_report(smk.params.config, smk.params.tables, smk.params.run_files, smk.output.html,
-                    smk.output.figures, figure5=figure5,
+                    smk.output.figures, figure5=figure5, server_files=smk.params.server_files,
                     vqa_annotations=getattr(smk.input, "vqa_annotations", None),
                     tables_dir=smk.output.tables, paper_figures_dir=smk.output.paper_figures)
 log.info("report: %s", out)
