@@ -1,5 +1,5 @@
 """The VQA rules' scripts outside Snakemake (preemption, retry, a changed config), and Table 3's
-whole path through Snakemake on the test config (slow: it extends the session's test DAG).
+whole path through Snakemake on the test config (slow: minutes).
 
 workflow_scripts/train_vqa.py keeps its checkpoints outside the rule's outputs, exits 75 when
 preempted, resumes on the next attempt, publishes model.pt and history.json only at the end, and
@@ -159,9 +159,12 @@ SEED = 123  # config.yaml seeds.default, which the test config keeps for these r
 
 
 @pytest.mark.slow
-def test_table3_and_server_files_through_snakemake(workflow_run: Path) -> None:
+def test_table3_and_server_files_through_snakemake(tmp_path: Path) -> None:
+    """Table 3's jobs only (demo world, features, concepts, the four runs; the server path of
+    two), in a work directory of their own: about two minutes on 2 cores."""
     from workflow_support import rule_logs, snakemake
 
+    workflow_run = tmp_path
     runs = workflow_run / "results/test/runs/vqa"
     server = [f"results/test/runs/vqa/{r}/s{SEED}/server_{s}.json"
               for r in ("ban/mia", "updown/base") for s in ("test-dev", "test-std")]
