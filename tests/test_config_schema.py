@@ -40,6 +40,8 @@ SECTIONS: list[tuple[str, str, set[str]]] = [
     ("properties.evaluation.properties.captions", "mia.evaluation.captions.CaptionEvalConfig",
      {"per_image"}),
     ("properties.report.properties.bootstrap", "mia.report.gains.GainSettings", set()),
+    ("$defs.vqa_model", "mia.vqa.config.VQAModelConfig", {"baseline", "variant", "feature_dim"}),
+    ("$defs.vqa_train", "mia.vqa.train.VQATrainConfig", {"model"}),
 ]
 
 
@@ -96,6 +98,8 @@ def _plain(value: Any) -> Any:
     ("captioning", "baselines", "updown", "train", "epoch"),
     ("captioning", "model", "cnn", "lerning_rate"),
     ("captioning", "scst", "samples"),
+    ("vqa", "model", "glimpse"),
+    ("vqa", "baselines", "ban", "train", "lr_decay_epoch"),
     ("report", "bootstrap", "n"),
 ])
 def test_a_typo_anywhere_fails_validation_naming_the_key(key_path: tuple[str, ...]) -> None:

@@ -20,7 +20,8 @@ from mia.config import ConfigError, load_config, merge, validate_config
 
 SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
 
-# Every run of the paper (DESIGN.md section 2), written out independently of config.yaml.
+# Every run of the paper (Tables 1-4, section 3.3, Figure 4), written out independently of
+# config.yaml. Figure 4's N = 2 is the `mia` run itself (MIA's default N), not a second training.
 VA, CA = "captioning/visual_attention", "captioning/concept_attention"
 PAPER_RUNS = (
     [f"captioning/{b}/{v}" for b in ("visual_attention", "concept_attention", "visual_condition",
@@ -28,7 +29,7 @@ PAPER_RUNS = (
                                      "updown", "transformer") for v in ("base", "mia")]
     + [f"vqa/{b}/{v}" for b in ("updown", "ban") for v in ("base", "mia")]
     + [f"{VA}/mia_visual", f"{CA}/mia_concepts", f"{VA}/self_attention", f"{CA}/self_attention"]
-    + [f"{m}/mia_n{n}" for m in (VA, CA) for n in range(1, 6)]
+    + [f"{m}/mia_n{n}" for m in (VA, CA) for n in (1, 3, 4, 5)]
 )
 
 
@@ -93,11 +94,17 @@ def test_every_download_is_pinned_or_explicitly_null(paper_config: dict) -> None
 def test_overrides_merge_like_snakemake(repo_root: Path) -> None:
     demo = load_config([repo_root / "config.yaml", repo_root / "config" / "demo.yaml"])
     assert demo["name"] == "demo" and demo["data"]["source"] == "demo"
-    assert demo["report"]["tables"] == ["table1"]  # lists replace
+    assert demo["captioning"]["train"]["epochs"] == 6  # replaced
     assert demo["captioning"]["train"]["label_smoothing"] == 0.1  # untouched keys stay
+    assert demo["seeds"]["runs"]["captioning/visual_attention/base"] == [123, 124, 125]
     assert merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}}
-    test = load_config([repo_root / "config.yaml", repo_root / "config" / "test.yaml"])
-    assert test["name"] == "test"
+    test = load_config([repo_root / "config.yaml", repo_root / "config" / "demo.yaml",
+                        repo_root / "config" / "test.yaml"])  # the test config overlays the demo
+    assert test["name"] == "test" and test["data"]["source"] == "demo"
+    assert test["captioning"]["train"]["epochs"] == 2
+    assert test["captioning"]["model"]["d_model"] == 64  # from the demo
+    assert test["tables"]["figure4_iterations"]["runs"][1] == f"{VA}/mia"
+    assert test["tables"]["table1"] == demo["tables"]["table1"]
 
 
 def test_config_tables_hold_every_paper_run(paper_config: dict) -> None:
@@ -122,21 +129,27 @@ def test_dry_run_plans_every_paper_run_without_downloading(repo_root: Path, tmp_
     text = out.stdout + out.stderr
     outputs = set(re.findall(r"^\s*output: (.*)$", text, flags=re.M))
     outputs = {p.strip() for line in outputs for p in line.split(",")}
-    for run in PAPER_RUNS:
+    for run in PAPER_RUNS:  # one seed each in the paper config (seeds.default: [123])
         split = "test" if run.startswith("captioning") else "val"
-        assert f"results/paper/runs/{run}/metrics_{split}.json" in outputs, run
+        assert f"results/paper/runs/{run}/s123/metrics_{split}.json" in outputs, run
     for run in ("updown", "transformer"):  # Table 2: XE then SCST
         for variant in ("base", "mia"):
-            assert f"results/paper/runs/captioning/{run}/{variant}/scst/model.pt" in outputs
+            assert f"results/paper/runs/captioning/{run}/{variant}/s123/scst/model.pt" in outputs
+    for run in ("updown", "ban"):  # Table 3's evaluation-server uploads
+        for variant in ("base", "mia"):
+            for split in ("test-dev", "test-std"):
+                assert f"results/paper/runs/vqa/{run}/{variant}/s123/server_{split}.json" in outputs
+    assert "results/paper/figures/figure5" in outputs
     total = int(re.search(r"^total\s+(\d+)$", text, flags=re.M).group(1))
     print(f"snakemake -n on config.yaml: {total} jobs")
     assert total >= 3 * len(PAPER_RUNS) + 4  # train, decode/answer, evaluate per run; 4 SCST
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".snakemake") == []
 
 
-@pytest.mark.parametrize("override", [None, "config/demo.yaml", "config/test.yaml"])
-def test_lint_is_clean(repo_root: Path, tmp_path: Path, override: str | None) -> None:
-    configs = [str(repo_root / "config.yaml")] + ([str(repo_root / override)] if override else [])
+@pytest.mark.parametrize("overrides", [(), ("config/demo.yaml",),
+                                       ("config/demo.yaml", "config/test.yaml")])
+def test_lint_is_clean(repo_root: Path, tmp_path: Path, overrides: tuple[str, ...]) -> None:
+    configs = [str(repo_root / "config.yaml")] + [str(repo_root / o) for o in overrides]
     out = snakemake(repo_root, tmp_path, "--lint", "--configfile", *configs)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Lints for" not in out.stdout + out.stderr

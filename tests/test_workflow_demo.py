@@ -1,55 +1,103 @@
 """End to end: the test config's whole DAG through Snakemake on 2 cores, then an incremental rerun.
 
-Runs in a temporary --directory (nothing lands in the checkout). Checks that the report holds the
-numbers the run computed (each metrics JSON value, on the paper's x100 scale, appears in the HTML
-table), that its figures are PNGs, that `snakemake --report` packages it, and that deleting one
-run's metrics re-runs exactly that run's evaluation and the report, nothing else.
+Every rule and every baseline runs (Tables 1-4 and section 3.3's runs, Table 2's SCST, Table 3 and
+its server files, Figures 4 and 5, the report), in a temporary --directory (nothing lands in the
+checkout). Checks that the report holds the numbers the runs computed (each metrics JSON value,
+on the paper's x100 scale, appears in its table row; seeds as mean over the replicates), that its
+figures are PNGs, that `snakemake --report` packages it, and that deleting one run's metrics
+re-runs exactly that run's evaluation and the report, nothing else.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
 from workflow_support import job_counts, snakemake
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-RUNS = ("visual_attention/base", "visual_attention/mia")
+from mia.config import load_config
+from mia.variants import VARIANTS
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 pytestmark = [pytest.mark.slow, pytest.mark.java]
 
 
-def test_report_holds_the_run_numbers(workflow_run: Path) -> None:
+@pytest.fixture(scope="module")
+def config(repo_root: Path) -> dict:
+    return load_config([repo_root / "config.yaml", repo_root / "config" / "demo.yaml",
+                        repo_root / "config" / "test.yaml"])
+
+
+def _seeds(config: dict, run: str) -> list[int]:
+    return config["seeds"]["runs"].get(run, config["seeds"]["default"])
+
+
+def _row(html: str, run: str) -> str:
+    row = re.search(rf'<tr[^>]*data-run="{re.escape(run)}"[^>]*>(.*?)</tr>', html, re.S)
+    assert row, f"no table row for {run}"
+    return row.group(1)
+
+
+def test_every_baseline_and_variant_ran(workflow_run: Path, config: dict) -> None:
+    runs = {r for t in config["report"]["tables"] for r in config["tables"][t]["runs"]}
+    baselines = {r.split("/")[1] for r in runs}
+    assert baselines == {"visual_attention", "concept_attention", "visual_condition",
+                         "concept_condition", "visual_regional_attention", "updown",
+                         "transformer", "ban"}
+    assert {r.split("/")[2] for r in runs} >= {"base", "mia", "mia_visual", "mia_concepts",
+                                               "self_attention", "mia_n1", "mia_n3"}
+    assert {r.split("/")[2] for r in runs} <= set(VARIANTS)
+    for run in runs:
+        split = "test" if run.startswith("captioning") else "val"
+        for seed in _seeds(config, run):
+            assert (workflow_run / f"results/test/runs/{run}/s{seed}/metrics_{split}.json"
+                    ).is_file(), (run, seed)
+    for run in ("updown", "transformer"):  # Table 2: SCST after XE
+        for variant in ("base", "mia"):
+            history = json.loads((workflow_run / f"results/test/runs/captioning/{run}/{variant}/"
+                                  "s123/scst/history.json").read_text())
+            assert [r["epoch"] for r in history] == [1]
+
+
+def test_report_holds_the_run_numbers(workflow_run: Path, config: dict) -> None:
     html = (workflow_run / "reports/test/index.html").read_text()
-    for run in RUNS:
-        metrics = json.loads((workflow_run / f"results/test/runs/captioning/{run}/"
-                              "metrics_test.json").read_text())
-        row = re.search(rf'<tr data-run="captioning/{run}">(.*?)</tr>', html, re.S)
-        assert row, f"no table row for {run}"
-        for name in ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"):
-            value = metrics.get(name, metrics.get("metrics", {}).get(name))
-            assert value is not None, f"{run}: {name} missing from the metrics file"
-            assert f">{100 * value:.2f}<" in row.group(1), f"{run}: {name}={value} not in report"
-        history = json.loads((workflow_run / f"results/test/runs/captioning/{run}/xe/"
+    for run in ("captioning/visual_attention/base", "captioning/visual_attention/mia",
+                "captioning/concept_condition/mia", "captioning/updown/mia"):
+        seeds = _seeds(config, run)
+        per_seed = [json.loads((workflow_run / f"results/test/runs/{run}/s{s}/metrics_test.json")
+                               .read_text()) for s in seeds]
+        row = _row(html, run)
+        for name in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr"):
+            mean = statistics.mean(100 * m[name] for m in per_seed)
+            assert f"{mean:.2f}" in row, f"{run}: {name} mean {mean:.2f} over seeds {seeds}"
+        history = json.loads((workflow_run / f"results/test/runs/{run}/s{seeds[0]}/xe/"
                               "history.json").read_text())
         assert [r["epoch"] for r in history] == [1, 2]
-        assert all(r["train_loss"] > 0 for r in history)
+    for run in ("vqa/updown/base", "vqa/ban/mia"):
+        metrics = json.loads((workflow_run / f"results/test/runs/{run}/s123/metrics_val.json")
+                             .read_text())
+        row = _row(html, run)
+        assert f"{metrics['overall']:.2f}" in row
+        assert f"{metrics['perAnswerType']['number']:.2f}" in row
 
 
-def test_report_figures_and_costs(workflow_run: Path) -> None:
+def test_report_figures_tables_and_costs(workflow_run: Path) -> None:
     report_dir = workflow_run / "reports/test"
     html = (report_dir / "index.html").read_text()
-    sources = re.findall(r'<img src="([^"]+)"', html)
-    assert len(sources) >= 3  # one overlay for Table 1 and one per run
+    sources = re.findall(r'<img[^>]* src="([^"]+)"', html)
+    assert any("figure4" in s for s in sources) and any("figure5" in s for s in sources)
     for src in sources:
         assert (report_dir / src).read_bytes().startswith(PNG_MAGIC), src
-    costs = re.search(r'<table class="costs">(.*?)</table>', html, re.S).group(1)
-    for run in RUNS:
-        bench = (workflow_run / f"results/test/benchmarks/train_captioner/{run}/xe.tsv")
-        wall = float(bench.read_text().splitlines()[1].split("\t")[0])
-        assert f"{wall:.1f}" in costs, f"{run}: benchmark wall time {wall} not in the report"
+    for table in ("table1", "table2", "table3", "table4", "section3_3_self_attention"):
+        assert (report_dir / "tables" / f"{table}.html").is_file(), table
+    assert "interval" in html  # MIA's gains come with bootstrap intervals
+    bench = (workflow_run / "results/test/benchmarks/train_captioner/visual_attention/mia/"
+                            "s124/xe.tsv")
+    wall = float(bench.read_text().splitlines()[1].split("\t")[0])
+    assert f"{wall:.1f}" in html, f"benchmark wall time {wall} not in the report"
 
 
 def test_snakemake_report(workflow_run: Path) -> None:
@@ -60,8 +108,8 @@ def test_snakemake_report(workflow_run: Path) -> None:
 
 
 def test_rerun_touches_only_affected_jobs(workflow_run: Path) -> None:
-    run_dir = workflow_run / "results/test/runs/captioning/visual_attention/mia"
-    other = workflow_run / "results/test/runs/captioning/visual_attention/base"
+    runs = workflow_run / "results/test/runs/captioning/visual_attention"
+    run_dir, other = runs / "mia/s123", runs / "base/s123"
     untouched = [run_dir / "xe/model.pt", run_dir / "captions_test.json",
                  other / "metrics_test.json", workflow_run / "results/test/features/concepts_grid.h5"]
     before = {p: p.stat().st_mtime_ns for p in untouched}

@@ -21,6 +21,8 @@ SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).parent / "snak
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_CONFIGS = (REPO_ROOT / "config.yaml", REPO_ROOT / "config" / "demo.yaml",
                 REPO_ROOT / "config" / "test.yaml")
+# The whole test DAG (about 110 jobs) on 2 cores; a loaded machine can take twice its usual time.
+TEST_DAG_TIMEOUT_S = 1800
 # One BLAS thread per process: the same arithmetic (so the same numbers) locally and on Slurm.
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 NEEDED_MODULES = ("mia.data.demo", "mia.features.grid", "mia.features.concepts",
@@ -59,7 +61,7 @@ def run_test_dag_locally(workdir: Path) -> Path:
     for module in NEEDED_MODULES:
         pytest.importorskip(module, reason=f"{module} (needed by the test DAG) is not written yet")
     started = time.monotonic()
-    out = snakemake(workdir, "--cores", "2")
+    out = snakemake(workdir, "--cores", "2", timeout=TEST_DAG_TIMEOUT_S)
     print(f"test DAG: {time.monotonic() - started:.0f} s on 2 cores")
     assert out.returncode == 0, out.stderr[-6000:] + rule_logs(workdir)[-6000:]
     return workdir
