@@ -135,3 +135,32 @@ def test_changed_config_does_not_resume_stale_checkpoints(
     assert json.loads((tmp_path / "run/checkpoints/fingerprint.json").read_text()
                       )["config"]["lr"] == 1e-3
     assert Path(changed.output.model).exists()
+
+
+@pytest.mark.parametrize("where", ["values", "structure", "superblock"])
+def test_corrupted_feature_store_fails_the_job_naming_the_store(
+        stores: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        where: str) -> None:
+    """Bytes of the feature store overwritten with 0xFF (NaN in float16) used to train with
+    loss=nan to "best val CIDEr-D 0.0" and exit 0. Now the job stops before training, naming
+    the store and how to rebuild it, whether the bytes hit the values, HDF5's own structures or
+    the file's first bytes."""
+    import h5py
+
+    from mia.data.store import StoreError
+
+    damaged = tmp_path / "grid.h5"
+    damaged.write_bytes(Path(stores["features"]).read_bytes())
+    with h5py.File(damaged, "r") as f:  # the features' first chunk: values, not structure
+        chunk = f["features"].id.get_chunk_info(0)
+        values_at, values_bytes = chunk.byte_offset, chunk.size
+    offset, length = {"values": (values_at + values_bytes // 4, values_bytes // 2),
+                      "structure": (damaged.stat().st_size // 3, 400_000),
+                      "superblock": (0, 64)}[where]
+    with damaged.open("r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * length)
+    smk = fake_snakemake({**stores, "features": str(damaged)}, tmp_path / "run", TRAIN)
+    with pytest.raises(StoreError, match=r"grid\.h5.*rebuild it: delete"):
+        run_script(smk, monkeypatch)
+    assert not Path(smk.output.model).exists() and not Path(smk.output.history).exists()

@@ -69,6 +69,13 @@ PRODUCED_BY: dict[str, str] = {
     "region_features": "extract_region_features",
     "concepts": "build_concept_store",
 }
+#: The same for the stores of the VQA evaluation server's test2015 images (``*_test2015.h5``).
+PRODUCED_BY_TEST2015: dict[str, str] = {
+    "vqa": "build_vqa_test_store",
+    "grid_features": "extract_test_grid_features",
+    "region_features": "extract_test_region_features",
+    "concepts": "build_test_concept_store",
+}
 #: Datasets the readers of each kind cannot do without (docs/CONTRACTS.md, "Stores").
 REQUIRED_DATASETS: dict[str, tuple[str, ...]] = {
     "captions": ("split", "captions", "caption_image_index", "caption_lengths"),
@@ -103,8 +110,9 @@ def rebuild_hint(path: str | os.PathLike, kind: object = None) -> str:
     if kind is None:  # unreadable: go by the file name
         kind = next((k for prefix, k in _KIND_BY_NAME if Path(path).name.startswith(prefix)),
                     None)
-    rule = PRODUCED_BY.get(str(kind)) if kind is not None else None
-    how = (f"the rule `{rule}` (e.g. `snakemake --forcerun {rule}`)" if rule
+    rules = PRODUCED_BY_TEST2015 if "_test2015" in Path(path).name else PRODUCED_BY
+    rule = rules.get(str(kind)) if kind is not None else None
+    how = (f"the rule `{rule}` (Snakemake reruns it for the missing file)" if rule
            else "the rule that makes it")
     return f"rebuild it: delete {path} and rerun {how}"
 
@@ -420,6 +428,10 @@ def _open(path: str | os.PathLike, kind: str | None, hash_limit: int) -> h5py.Fi
         raise _damaged(path, kind, f"not a readable HDF5 file ({err})") from err
     try:
         _check_open(f, path, kind, hash_limit)
+    except (KeyError, OSError, RuntimeError) as err:
+        # h5py's own errors of a damaged file (a bad object header reads as a bare KeyError)
+        f.close()
+        raise _damaged(path, kind, f"damaged HDF5 structure ({err})") from err
     except BaseException:
         f.close()
         raise
