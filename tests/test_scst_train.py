@@ -182,6 +182,24 @@ def test_scst_raises_val_cider_where_xe_left_room(world, tmp_path):
     assert vocab == list(data.vocab.words) and model.cfg.baseline == "transformer"
 
 
+def test_xe_start_competes_as_epoch_0_and_is_kept_when_no_scst_epoch_beats_it(world, tmp_path):
+    """As self-critical.pytorch (load_best_score): RL epochs must beat the XE model's val score.
+    A learning rate that wrecks the model leaves best.pt = the XE weights, scored as epoch 0."""
+    data = load_data(world)
+    xe_path = world["xe_updown"]
+    result = train_scst(scst_config(epochs=2, lr=0.5), data, xe_path, tmp_path, world["df"])
+    ciders = [row["val_cider"] for row in result.history]
+    assert result.best_epoch == 0 and all(c < result.best_score for c in ciders), ciders
+    assert _same_weights(tmp_path / "best.pt", xe_path)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == 0 and best["val_cider"] == pytest.approx(result.best_score)
+    # the score is SCST's own validation of the XE weights (greedy, SCST's max_length)
+    results = decode_split(xe_path, data, "val", beam_size=1, max_length=8)
+    score, _ = CiderD(data.references("val")).score({r["image_id"]: r["caption"]
+                                                     for r in results})
+    assert score == pytest.approx(result.best_score)
+
+
 def test_xe_model_of_another_vocabulary_is_refused(world, tmp_path):
     ck = load_checkpoint(world["xe_updown"])
     torch.save({**ck, "vocab": [*ck["vocab"][:-1], "zebra"]}, tmp_path / "other.pt")
@@ -261,7 +279,8 @@ def test_plateau_schedule_is_torchs_reduce_on_plateau_on_negated_cider():
 class _ScriptedValidation(SCSTTask):
     """Validation scores fixed per epoch, so the plateau schedule's decisions are known."""
 
-    SCORES = {1: 1.0, 2: 0.9, 3: 0.8, 4: 1.2, 5: 1.1}
+    SCORES = {0: 0.5, 1: 1.0, 2: 0.9, 3: 0.8, 4: 1.2, 5: 1.1}  # 0: the XE starting point
+    _validating = 0
 
     def val_cider(self, should_stop):
         return self.SCORES[self._validating]

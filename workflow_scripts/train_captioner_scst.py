@@ -35,5 +35,9 @@ result = run_training_job(
     lambda: train_scst(cfg, data, smk.input.xe_model, run_dir.path,
                        smk.input.document_frequency, inputs=stores),
     log, f"SCST of {smk.wildcards.baseline}/{smk.wildcards.variant} for {cfg.epochs} epochs")
-log.info("best val CIDEr-D %.4f at SCST epoch %d", result.best_score, result.best_epoch)
+if result.best_epoch == 0:
+    log.warning("no SCST epoch beat the XE model's val CIDEr-D %.4f: the stage keeps the XE "
+                "weights (lower the SCST learning rate or train XE longer)", result.best_score)
+else:
+    log.info("best val CIDEr-D %.4f at SCST epoch %d", result.best_score, result.best_epoch)
 finish_training(run_dir.path, result.best_path, smk.output.history, smk.output.model)

@@ -15,6 +15,10 @@ gradient clipping, ``best.pt`` and ``history.json`` are :func:`mia.training.fit`
   ``last.pt``), gradients clamped or norm-clipped as configured.
 * Validation: val CIDEr-D of beam search (``val_beam_size``; 1 = greedy, the reference's), which
   also selects ``best.pt``. History rows add the epoch's mean reward, baseline and sample CIDEr-D.
+* The XE starting point competes as epoch 0: it is scored by the same validation before the
+  first step, and an SCST epoch replaces it in ``best.pt`` only when it scores higher, as
+  self-critical.pytorch keeps the XE run's ``best_val_score`` (``load_best_score``, default 1)
+  when RL training starts from it. An SCST stage that never beats XE yields the XE weights.
 
 ``best.pt`` has the XE checkpoint's keys (``model``, ``captioner``, ``vocab``), so
 :func:`mia.captioning.decode.decode_split` reads it as any captioner, plus ``scst`` (the config)
@@ -201,6 +205,9 @@ class SCSTTask(TrainingTask):
         if captions is None:
             raise ValidationInterrupted
         return float(self.val_scorer.score(captions)[0])
+
+    def starting_point(self, should_stop: Callable[[], bool]) -> Mapping[str, float]:
+        return {"val_cider": self.val_cider(should_stop)}
 
     def validate(self, epoch: int, should_stop: Callable[[], bool]) -> dict[str, float]:
         score = self.val_cider(should_stop)

@@ -133,6 +133,14 @@ class TrainingTask:
         between batches and raise :class:`ValidationInterrupted` when it is true."""
         raise NotImplementedError
 
+    def starting_point(self, should_stop: Callable[[], bool]) -> Mapping[str, float] | None:
+        """Validation metrics of the weights training starts from, when those weights are
+        themselves a candidate for ``best.pt`` (epoch 0), or None (the default: only trained
+        epochs compete). SCST starts from the selected XE model and, as self-critical.pytorch
+        keeps the XE run's best score, an RL epoch must beat it to replace it. Called in eval
+        mode on a fresh start only; raise :class:`ValidationInterrupted` when told to stop."""
+        return None
+
     def best_checkpoint(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, Any]:
         """The payload of ``best.pt`` (weights-only format)."""
         return {"model": self.model.state_dict(), "epoch": epoch, **self.meta(),
@@ -173,7 +181,8 @@ def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     state = LoopState()
     meta = task.meta()
-    if last_path.exists():
+    fresh = not last_path.exists()
+    if not fresh:
         # RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
         ck = load_checkpoint(last_path, map_location="cpu")
         if ck.get("meta") != meta:
@@ -193,6 +202,9 @@ def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) 
                      "extra": task.extra_state(), "meta": meta}, last_path)
 
     with StopSignals() as stop:
+        if fresh:
+            _score_starting_point(task, settings, state, stop, best_path)
+            save_last()
         while state.epoch <= settings.epochs:
             if state.phase == "train":
                 _train_epoch(task, settings, state, stop, save_last)
@@ -234,6 +246,28 @@ def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) 
             write_json(out_dir / "history.json", state.history)
             _stop_if_requested(stop, state, f"after epoch {state.epoch - 1}")
     return FitResult(state.best_score, state.best_epoch, state.history, best_path, last_path)
+
+
+def _score_starting_point(task: TrainingTask, settings: LoopSettings, state: LoopState,
+                          stop: StopSignals, best_path: Path) -> None:
+    """Make the starting weights epoch 0 of the selection when the task says they compete."""
+    task.model.eval()
+    try:
+        metrics = task.starting_point(lambda: stop.requested)
+    except ValidationInterrupted:
+        raise Preempted(f"signal {stop.signum} while validating the starting weights; nothing "
+                        "was trained yet", stop.signum or 15) from None
+    finally:
+        task.model.train()
+    if metrics is None:
+        return
+    if settings.score_key not in metrics:
+        raise KeyError(f"starting point validation returned {sorted(metrics)}, not the "
+                       f"selection metric {settings.score_key!r}")
+    state.best_score, state.best_epoch = float(metrics[settings.score_key]), 0
+    atomic_save(task.best_checkpoint(0, metrics), best_path)
+    log.info("starting weights: %s %.4f (epoch 0 of the selection: an epoch must beat it to "
+             "replace best.pt)", settings.score_key, state.best_score)
 
 
 def _stop_if_requested(stop: StopSignals, state: LoopState, where: str) -> None:
