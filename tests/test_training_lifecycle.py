@@ -236,3 +236,14 @@ def test_job_log_holds_warnings_tracebacks_and_c_level_stderr(tmp_path):
         assert expected in text, expected
         assert expected in done.stderr, expected  # the console still sees everything
 
+
+def test_a_finished_run_is_published_again_and_says_so(tmp_path, caplog):
+    """Rerunning a job whose run folder finished (outputs deleted, --forcerun) costs no training:
+    the log says the results are the earlier ones and how to train anew."""
+    torch.set_num_threads(1)
+    first = train_captioner(toy_config(epochs=1), ToyCaptionData(), tmp_path)
+    with caplog.at_level(logging.INFO, logger="mia.training.loop"):
+        again = train_captioner(toy_config(epochs=1), ToyCaptionData(), tmp_path)
+    assert again.history == first.history and again.best_score == first.best_score
+    assert "already trained for its 1 epochs" in caplog.text and "to train it anew" in caplog.text
+    assert "steps/s" not in caplog.text and "resuming at" not in caplog.text

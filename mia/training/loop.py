@@ -193,8 +193,13 @@ def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) 
         task.load_extra_state(ck.get("extra", {}))
         state = LoopState(**ck["state"])
         set_rng_state(ck["rng"])
-        log.info("%s: resuming at epoch %d, batch %d (%s)", last_path, state.epoch,
-                 state.step_in_epoch, state.phase)
+        if state.epoch > settings.epochs:
+            log.info("%s: already trained for its %d epochs with this config and these inputs; "
+                     "its results are published again (delete %s to train it anew, e.g. after a "
+                     "code change)", last_path, settings.epochs, out_dir)
+        else:
+            log.info("%s: resuming at epoch %d, batch %d (%s)", last_path, state.epoch,
+                     state.step_in_epoch, state.phase)
 
     def save_last() -> None:
         atomic_save({"model": task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
