@@ -28,6 +28,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/download.smk"
+include: "rules/pretrain.smk"
 include: "rules/data.smk"
 include: "rules/features.smk"
 include: "rules/concepts.smk"

@@ -203,6 +203,10 @@ def report_inputs(wildcards=None):
         inputs["figure5"] = f"{R}/figures/figure5"
     if any(r.startswith("vqa/") for r in report_runs()):
         inputs["vqa_annotations"] = VQA_ANNOTATIONS[config["vqa"]["eval_split"]]
+    if uses_demo_backbone():
+        inputs["backbone_metrics"] = DEMO_BACKBONE_METRICS
+    if DEMO:
+        inputs["concept_quality"] = CONCEPT_QUALITY
     scores = server_score_files()
     if scores:
         inputs["server_scores"] = [
@@ -245,6 +249,34 @@ def feature_store(kind):
     return GRID_STORE if kind == "grid" else REGION_STORE
 
 
+# ------------------------------------------------------------------ the demo world's pre-training
+DEMO_BACKBONE = f"{R}/pretrain/backbone.pt"  # rule pretrain_demo_backbone (rules/pretrain.smk)
+DEMO_BACKBONE_METRICS = f"{R}/pretrain/backbone_metrics.json"
+DEMO_SCENES = raw("annotations/demo_scenes.json")  # what the demo world drew (its ground truth)
+CONCEPT_QUALITY = f"{R}/features/concept_quality.json"
+
+
+def local_weights(settings):
+    """The local weights file a backbone config loads (`pretrained` with `weights_path`), as a
+    rule input: a job reruns when its weights change, and the demo's come from its own rule."""
+    if settings.get("pretrained") and settings.get("weights_path"):
+        return [settings["weights_path"]]
+    return []
+
+
+def pretrain_settings(section):
+    """`pretrain.<section>` (scenes or train) of a demo config; {} takes the defaults."""
+    return (config.get("pretrain") or {}).get(section) or {}
+
+
+def uses_demo_backbone():
+    """Whether a feature extractor loads the demo backbone this workflow pre-trains."""
+    features = config["features"]
+    return DEMO and DEMO_BACKBONE in local_weights(features["grid"]) + local_weights(
+        features["regions"]
+    )
+
+
 def fine_tunes_cnn(baseline):
     return caption_settings(baseline, "model").get("fine_tune_cnn_after_epoch") is not None
 
@@ -260,6 +292,8 @@ def caption_inputs(wildcards):
     }
     if fine_tunes_cnn(wildcards.baseline):
         inputs.update(karpathy=KARPATHY_JSON, images=image_dirs())
+        cnn = caption_settings(wildcards.baseline, "model").get("cnn") or {}
+        inputs.update(cnn_weights=local_weights(cnn))
     return inputs
 
 
@@ -311,6 +345,7 @@ def region_inputs(wildcards):
     inputs = {"karpathy": KARPATHY_JSON, "images": image_dirs()}
     if source == "boxes":
         inputs["instances"] = INSTANCES
+        inputs["weights"] = local_weights(config["features"]["regions"])
     return inputs
 
 

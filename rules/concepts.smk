@@ -24,3 +24,29 @@ rule build_concept_store:
         k=lambda wc: config["features"]["concepts"]["k"][wc.kind],
     script:
         "../workflow_scripts/build_concept_store.py"
+
+
+if DEMO:
+
+    # The demo world knows what each picture holds (annotations/demo_scenes.json): how many of
+    # the detector's top words are true of the test images, beside chance (the report shows it).
+    rule demo_concept_quality:
+        input:
+            concepts=f"{R}/features/concepts_grid.h5",
+            scenes=DEMO_SCENES,
+        output:
+            quality=CONCEPT_QUALITY,
+        log:
+            f"{R}/logs/demo_concept_quality.log",
+        benchmark:
+            f"{R}/benchmarks/demo_concept_quality.tsv"
+        conda:
+            CORE_ENV
+        threads: res("concepts", "threads")
+        resources:
+            mem_mb=res("concepts", "mem_mb"),
+            runtime=res("concepts", "runtime"),
+        params:
+            split=config["captioning"]["decode"]["split"],
+        script:
+            "../workflow_scripts/demo_concept_quality.py"

@@ -11,6 +11,7 @@ if DEMO:
             questions=list(VQA_QUESTIONS.values()),
             annotations=list(VQA_ANNOTATIONS.values()),
             images=directory(raw("images")),
+            scenes=DEMO_SCENES,
         log:
             f"{R}/logs/generate_demo_world.log",
         benchmark:

@@ -5,6 +5,7 @@ rule extract_grid_features:
     input:
         karpathy=KARPATHY_JSON,
         images=image_dirs(),
+        weights=local_weights(config["features"]["grid"]),
     output:
         store=GRID_STORE,
     log:

@@ -29,6 +29,7 @@ else:
     TEST_REGION_INPUTS["images"] = TEST_IMAGES
 if _REGION_SOURCE == "boxes":
     TEST_REGION_INPUTS["instances"] = [raw("annotations/instances_test2015.json")]
+    TEST_REGION_INPUTS["weights"] = local_weights(config["features"]["regions"])
     if VQA_SERVER and not DEMO:
         raise ValueError(
             "features.regions.source: boxes reads COCO instance boxes, which test2015 does not "
@@ -181,6 +182,7 @@ if VQA_SERVER:
         input:
             questions=VQA_TEST_QUESTIONS["test-std"],
             images=TEST_IMAGES,
+            weights=local_weights(config["features"]["grid"]),
         output:
             store=TEST_GRID_STORE,
         log:

@@ -104,6 +104,40 @@ def test_cli_equals_direct_pycocoevalcap(cli_metrics, direct_pycocoevalcap):
 
 
 @pytest.mark.java
+def test_several_result_sets_in_one_pass_equal_each_alone(coco_mini, cli_metrics, repo_root):
+    """``--results A B`` (one tokenizer run, one METEOR JVM: the workflow scores every run of a
+    split this way) gives each set exactly the numbers it gets alone: A those of the one-file
+    CLI run, B (each caption's words reversed) those of evaluate_captions on B alone."""
+    root, annotations, results = coco_mini
+    reversed_words = [{"image_id": r["image_id"], "caption": " ".join(r["caption"].split()[::-1])}
+                      for r in results]
+    (root / "reversed.json").write_text(json.dumps(reversed_words))
+    outs = [root / "batch_a.json", root / "batch_b.json"]
+    per = [root / "batch_a_per.json", root / "batch_b_per.json"]
+    cmd = [sys.executable, "-m", "mia", "evaluate", "captions",
+           "--annotations", str(root / "annotations.json"),
+           "--results", str(root / "results.json"), str(root / "reversed.json"),
+           "--out", *map(str, outs), "--per-image", *map(str, per)]
+    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    metrics, per_image = cli_metrics
+    assert json.loads(outs[0].read_text()) == metrics
+    assert json.loads(per[0].read_text()) == per_image
+    alone = evaluate_captions(annotations, reversed_words, CaptionEvalConfig(
+        metrics=tuple(m for m in CAPTION_METRICS if m != "SPICE"), per_image=True))
+    got = json.loads(outs[1].read_text())
+    for name in SEVEN:
+        assert got[name] == alone.metrics[name], name
+    batch_per = json.loads(per[1].read_text())
+    assert {i: {m: v[m] for m in SEVEN} for i, v in batch_per.items()} == {
+        str(k): {m: v[m] for m in SEVEN} for k, v in alone.per_image.items()}
+    assert got["CIDEr"] < metrics["CIDEr"]  # reversed captions are worse: B is not A again
+    bad = subprocess.run([*cmd[:cmd.index("--out") + 1], str(outs[0])], cwd=repo_root,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "one output per results file" in bad.stderr
+
+
+@pytest.mark.java
 def test_nlg_eval_published_numbers(data_dir, monkeypatch):
     """nlg-eval's example files score as its test suite publishes (no PTB tokenizer there)."""
     import pycocoevalcap.meteor.meteor as meteor_module

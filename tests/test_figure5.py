@@ -315,3 +315,41 @@ def test_figure5_of_captioners_that_fine_tuned_their_cnn(tmp_path: Path) -> None
     for panel in numbers["panels"]:
         for position in panel["positions"]:
             assert sum(position["visual"]) == pytest.approx(1.0, abs=1e-5)
+
+
+# ------------------------------------------------------------------ grounding in the demo world
+
+
+def test_grounding_of_drawn_positions_by_hand() -> None:
+    """A 70 x 70 picture, 7 x 7 cells of 10 px: a red circle at (0..20, 0..20) (cells 0, 1, 7,
+    8) and a blue star at (50..70, 50..70) (cells 40, 41, 47, 48). Position 3 attends to cell 8
+    and its heaviest object word is "disc" (after the function word "a"): a hit. Position 9
+    attends to cell 24 and names "blue": a miss. Position 5's only word is "background": it
+    names no object, a miss with no word."""
+    from mia.data.demo_language import word_names_object
+    from mia.report.attention_maps import figure_grounding
+
+    def row(cell: int) -> list[float]:
+        weights = [0.5 / 48] * 49
+        weights[cell] = 0.5
+        return weights
+
+    figure = {"layout": "grid 7x7", "image_size": [70, 70], "panels": [{"label": "N = 1",
+              "positions": [
+                  {"position": 3, "visual": row(8),
+                   "concepts": [{"word": "a", "weight": 0.5}, {"word": "disc", "weight": 0.2}]},
+                  {"position": 9, "visual": row(24), "concepts": [{"word": "blue",
+                                                                    "weight": 0.4}]},
+                  {"position": 5, "visual": row(0), "concepts": [{"word": "background",
+                                                                   "weight": 0.9}]}]}]}
+    objects = [{"shape": "circle", "color": "red", "size": "large", "bbox": [0, 0, 20, 20]},
+               {"shape": "star", "color": "blue", "size": "large", "bbox": [50, 50, 20, 20]}]
+    checks = figure_grounding(figure, objects, word_names_object, top_cells=1)
+    assert [(c.position, c.word, c.hit) for c in checks] == [
+        (3, "disc", True), (9, "blue", False), (5, None, False)]
+    assert checks[0].cells == (8,) and checks[0].named == ((0, 0, 20, 20),)
+    assert checks[0].chance == pytest.approx(4 / 49)  # 4 of 49 cells cover the circle
+    three = figure_grounding(figure, objects, word_names_object, top_cells=3)
+    # Ties after the peak break by cell index: cells (24, 0, 1) for position 9 miss the star.
+    assert three[1].cells == (24, 0, 1) and not three[1].hit
+    assert three[1].chance == pytest.approx(1 - (45 * 44 * 43) / (49 * 48 * 47))

@@ -39,6 +39,11 @@ from mia.data.karpathy import tokenize_caption
 from mia.io import write_bytes
 
 _SPLITS = ("train", "restval", "val", "test")
+#: What the generator drew in every image (objects with shape, colour, size, cell, box; the
+#: background; the Karpathy split): the world's ground truth, which no real dataset has. The
+#: pipeline never trains on it; the demo reports measure against it (e.g. which concept words
+#: are true of an image, mia.data.demo_truth).
+SCENES_FILE = "annotations/demo_scenes.json"
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,14 @@ class DemoManifest:
 # --------------------------------------------------------------------------- files
 
 
+def scene_record(scene: Scene) -> dict:
+    """One image of :data:`SCENES_FILE`: everything the generator drew."""
+    return {"image_id": scene.image_id, "split": scene.split, "background": scene.background,
+            "objects": [{"shape": o.shape, "color": o.color, "size": o.size,
+                         "cell": list(o.cell), "position": o.position,
+                         "bbox": [round(v, 2) for v in o.bbox]} for o in scene.objects]}
+
+
 def _write_json(path: Path, obj: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, json.dumps(obj, separators=(",", ":")).encode())
@@ -144,6 +157,7 @@ def generate_demo_world(root: str | os.PathLike, cfg: DemoConfig | None = None) 
     vqa: dict[str, dict[str, list]] = {s: {"questions": [], "annotations": []}
                                        for s in ("train2014", "val2014")}
     karpathy: list[dict] = []
+    scenes: list[dict] = []
     caption_id = instance_id = 0
     for subset in ("train2014", "val2014"):
         (root / "images" / subset).mkdir(parents=True, exist_ok=True)
@@ -157,6 +171,7 @@ def generate_demo_world(root: str | os.PathLike, cfg: DemoConfig | None = None) 
                                                  subsampling=0)
         write_bytes(root / "images" / subset / scene.file_name, buf.getvalue())
 
+        scenes.append(scene_record(scene))
         out = coco[subset]
         out["images"].append({"license": 1, "file_name": scene.file_name, "coco_url": "",
                               "height": cfg.image_size, "width": cfg.image_size,
@@ -213,6 +228,8 @@ def generate_demo_world(root: str | os.PathLike, cfg: DemoConfig | None = None) 
         files += [cap_path, inst_path, q_path, a_path]
     _write_json(root / "karpathy/dataset_coco.json", {"images": karpathy, "dataset": "coco"})
     files.append("karpathy/dataset_coco.json")
+    _write_json(root / SCENES_FILE, {"generator": "mia.data.demo", "images": scenes})
+    files.append(SCENES_FILE)
 
     manifest = DemoManifest(
         root=root, config=cfg, split_sizes={s: splits.count(s) for s in _SPLITS},

@@ -324,3 +324,53 @@ def make_answers(rng: random.Random, q: Question, noise: float) -> list[dict]:
         confidence = rng.choices(("yes", "maybe", "no"), weights=weights)[0]
         records.append({"answer": text, "answer_confidence": confidence, "answer_id": k + 1})
     return records
+
+
+# --------------------------------------------------------------------------- ground-truth words
+
+
+def object_words() -> dict[str, tuple[str, ...]]:
+    """Every word the captions use to name WHAT is in a picture, by the fact it names:
+    ``shape:<s>`` (singular forms and synonyms), ``shapes:<s>`` (their plurals), ``color:<c>``,
+    ``size:<z>`` and ``background:<b>``. Position, number and function words are not here."""
+    out: dict[str, tuple[str, ...]] = {}
+    for shape, words in _SHAPE_WORDS.items():
+        forms = tuple(dict.fromkeys(words))
+        out[f"shape:{shape}"] = forms
+        out[f"shapes:{shape}"] = tuple(_PLURAL.get(w, w + "s") for w in forms)
+    for color in COLORS:
+        out[f"color:{color}"] = _COLOR_WORDS.get(color, (color,))
+    for size, words in _SIZE_WORDS.items():
+        out[f"size:{size}"] = words
+    for background in BACKGROUNDS:
+        out[f"background:{background}"] = (background,)
+    return out
+
+
+def true_words(background: str, objects: list[dict] | tuple[DemoObject, ...]) -> set[str]:
+    """The object words (:func:`object_words`) true of a picture: the singular shape words of
+    each shape in it, the plural ones of each shape it holds two or more of, the colour and size
+    words of its objects, and its background's word. ``objects`` are :class:`DemoObject` or the
+    records of the world's ``annotations/demo_scenes.json``."""
+    table = object_words()
+    facts = {f"background:{background}"}
+    shapes = Counter(o["shape"] if isinstance(o, dict) else o.shape for o in objects)
+    for o in objects:
+        get = o.get if isinstance(o, dict) else lambda key, o=o: getattr(o, key)
+        facts |= {f"shape:{get('shape')}", f"color:{get('color')}", f"size:{get('size')}"}
+    facts |= {f"shapes:{s}" for s, n in shapes.items() if n >= 2}
+    return {w for fact in facts for w in table[fact]}
+
+
+def word_names_object(word: str, obj: dict | DemoObject) -> bool | None:
+    """Whether ``word`` names ``obj`` (a shape word of its shape, singular or plural, a colour
+    or size word of it); ``None`` when ``word`` names no object at all (function, number,
+    position and background words)."""
+    get = obj.get if isinstance(obj, dict) else lambda key: getattr(obj, key)
+    for fact, words in object_words().items():
+        if word in words:
+            kind, value = fact.split(":")
+            if kind == "background":
+                return None
+            return get("shape" if kind == "shapes" else kind) == value
+    return None

@@ -16,7 +16,11 @@ What differs from ``COCOEvalCap``, and why:
 * the METEOR Java process is shut down when scoring ends instead of waiting for garbage
   collection, so repeated evaluations do not leak JVMs;
 * references and candidates go through one tokenizer run (one JVM start instead of two; the
-  tokenizer works line by line, so the tokens are the same).
+  tokenizer works line by line, so the tokens are the same);
+* several result sets against the same references (every run decoded on one split) are scored
+  by :func:`evaluate_caption_sets` with ONE tokenizer run and ONE METEOR JVM: METEOR's start
+  (reading its 62 MB paraphrase table) is most of an evaluation's cost, and its ``EVAL`` line
+  scores only the statistics it is given, so each set's scores are those of its own run.
 """
 
 from __future__ import annotations
@@ -156,36 +160,57 @@ def _check_same_images(refs: Mapping[int, list[str]], ref_source: str,
 def tokenize(refs: Mapping[int, list[str]], res: Mapping[int, str]
              ) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
     """coco-caption's PTB tokenisation of references and results, in one Java run."""
+    gts, (out,) = tokenize_sets(refs, [res])
+    return gts, out
+
+
+def tokenize_sets(refs: Mapping[int, list[str]], sets: Sequence[Mapping[int, str]]
+                  ) -> tuple[dict[int, list[str]], list[dict[int, list[str]]]]:
+    """:func:`tokenize` of the references and several result sets, in one Java run."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    both: dict[tuple[str, int], list[dict[str, str]]] = {}
+    both: dict[tuple[str, int, int], list[dict[str, str]]] = {}
     for image_id, caps in refs.items():
-        both[("gts", image_id)] = [{"caption": c} for c in caps]
-    for image_id, cap in res.items():
-        both[("res", image_id)] = [{"caption": cap}]
+        both[("gts", 0, image_id)] = [{"caption": c} for c in caps]
+    for k, res in enumerate(sets):
+        for image_id, cap in res.items():
+            both[("res", k, image_id)] = [{"caption": cap}]
     tokens = PTBTokenizer().tokenize(both)
     # pycocoevalcap pairs output lines with captions by position: a caption holding a character
     # Java treats as a line break (e.g. "\r") would shift every later caption. Refuse instead.
     short = [k for k, caps in both.items() if len(tokens.get(k, ())) != len(caps)]
     if short:
-        kind, image_id = short[0]
+        kind, _, image_id = short[0]
         what = "references" if kind == "gts" else "result"
         raise CaptionEvalError(f"PTB tokenizer output does not line up with the captions "
                                f"(first at image {image_id}, {what}): "
                                "a caption contains a line-break character such as \\r; remove it")
-    gts = {image_id: tokens[("gts", image_id)] for image_id in refs}
-    out = {image_id: tokens[("res", image_id)] for image_id in refs}
-    return gts, out
+    gts = {image_id: tokens[("gts", 0, image_id)] for image_id in refs}
+    outs = [{image_id: tokens[("res", k, image_id)] for image_id in refs}
+            for k in range(len(sets))]
+    return gts, outs
 
 
-def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> tuple[float, list[float]]:
-    """METEOR through pycocoevalcap's wrapper, its JVM shut down before returning."""
-    from pycocoevalcap.meteor.meteor import Meteor
+class MeteorScorer:
+    """pycocoevalcap's METEOR wrapper, started on first use and reused for every caption set
+    scored until :meth:`close` (a context manager), which shuts its JVM down."""
 
-    scorer = Meteor()
-    try:
-        score, scores = scorer.compute_score(gts, res)
-    finally:
+    def __init__(self) -> None:
+        self._scorer: Any = None
+
+    def __call__(self, gts: dict[int, list[str]], res: dict[int, list[str]]
+                 ) -> tuple[float, list[float]]:
+        if self._scorer is None:
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            self._scorer = Meteor()
+        score, scores = self._scorer.compute_score(gts, res)
+        return float(score), [float(s) for s in scores]
+
+    def close(self) -> None:
+        scorer, self._scorer = self._scorer, None
+        if scorer is None:
+            return
         proc = scorer.meteor_p
         with scorer.lock:
             for stream in (proc.stdin, proc.stdout, proc.stderr):
@@ -193,7 +218,18 @@ def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> tuple[float
                     stream.close()
             proc.kill()
             proc.wait()
-    return float(score), [float(s) for s in scores]
+
+    def __enter__(self) -> MeteorScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> tuple[float, list[float]]:
+    """METEOR through pycocoevalcap's wrapper, its JVM shut down before returning."""
+    with MeteorScorer() as meteor:
+        return meteor(gts, res)
 
 
 def _spice(gts: dict[int, list[str]], res: dict[int, list[str]]) -> tuple[float, list[float]]:
@@ -210,8 +246,10 @@ def _spice(gts: dict[int, list[str]], res: dict[int, list[str]]) -> tuple[float,
 
 
 def score_tokenized(gts: dict[int, list[str]], res: dict[int, list[str]],
-                    config: CaptionEvalConfig) -> CaptionScores:
-    """The metrics of already tokenised ``{image_id: [caption]}`` mappings (same keys)."""
+                    config: CaptionEvalConfig, meteor: MeteorScorer | None = None
+                    ) -> CaptionScores:
+    """The metrics of already tokenised ``{image_id: [caption]}`` mappings (same keys);
+    ``meteor``: a running scorer to reuse (default: one started and stopped here)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -234,7 +272,7 @@ def score_tokenized(gts: dict[int, list[str]], res: dict[int, list[str]],
             if name in wanted:
                 keep(name, score[k], scores[k])
     if "METEOR" in wanted:
-        keep("METEOR", *_meteor(gts, res))
+        keep("METEOR", *(meteor(gts, res) if meteor is not None else _meteor(gts, res)))
     if "ROUGE_L" in wanted:
         keep("ROUGE_L", *Rouge().compute_score(gts, res))
     if "CIDEr" in wanted:
@@ -260,3 +298,23 @@ def evaluate_captions(annotations: str | os.PathLike | Mapping[str, Any],
     _check_same_images(refs, ref_source, res, res_source)
     gts, out = tokenize(refs, res)
     return score_tokenized(gts, out, config)
+
+
+def evaluate_caption_sets(annotations: str | os.PathLike | Mapping[str, Any],
+                          results: Sequence[str | os.PathLike | Sequence[Mapping[str, Any]]],
+                          config: CaptionEvalConfig | None = None) -> list[CaptionScores]:
+    """:func:`evaluate_captions` of several result sets against the same ``annotations``, one
+    :class:`CaptionScores` per set, equal to scoring each alone; every set is checked before
+    any is scored. One tokenizer run and one METEOR JVM serve them all."""
+    config = config or CaptionEvalConfig()
+    refs, ref_source = load_references(annotations)
+    sets = []
+    for item in results:
+        res, res_source = load_results(item)
+        _check_same_images(refs, ref_source, res, res_source)
+        sets.append(res)
+    if not sets:
+        return []
+    gts, outs = tokenize_sets(refs, sets)
+    with MeteorScorer() as meteor:
+        return [score_tokenized(gts, out, config, meteor) for out in outs]

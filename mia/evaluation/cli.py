@@ -13,7 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mia.evaluation.captions import CAPTION_METRICS, CaptionEvalConfig, evaluate_captions
+from mia.evaluation.captions import (
+    CAPTION_METRICS,
+    CaptionEvalConfig,
+    evaluate_caption_sets,
+    evaluate_captions,
+)
 from mia.evaluation.vqa import evaluate_vqa, write_test_server_results
 from mia.io import write_json
 
@@ -28,15 +33,27 @@ def _captions(args: argparse.Namespace) -> int:
     metrics = tuple(args.metrics or CAPTION_METRICS)
     if args.no_spice:
         metrics = tuple(m for m in metrics if m != "SPICE")
+    if len(args.out) != len(args.results) or (args.per_image is not None and
+                                              len(args.per_image) != len(args.results)):
+        raise ValueError(f"--results names {len(args.results)} file(s) but --out "
+                         f"{len(args.out)}{'' if args.per_image is None else ' and --per-image '}"
+                         f"{'' if args.per_image is None else len(args.per_image)}; give one "
+                         f"output per results file, in the same order")
     cfg = CaptionEvalConfig(metrics=metrics, per_image=args.per_image is not None)
-    scores = evaluate_captions(args.annotations, args.results, cfg)
-    _write_json(scores.to_json(), args.out)
-    if args.per_image is not None:
-        _write_json({str(k): v for k, v in (scores.per_image or {}).items()}, args.per_image)
-    for name, reason in scores.skipped.items():
+    if len(args.results) == 1:
+        all_scores = [evaluate_captions(args.annotations, args.results[0], cfg)]
+    else:  # one tokenizer run and one METEOR JVM for every set
+        all_scores = evaluate_caption_sets(args.annotations, args.results, cfg)
+    for k, scores in enumerate(all_scores):
+        _write_json(scores.to_json(), args.out[k])
+        if args.per_image is not None:
+            _write_json({str(i): v for i, v in (scores.per_image or {}).items()},
+                        args.per_image[k])
+        log.info("%s: %s", args.out[k], {m: v for m, v in scores.metrics.items()
+                                          if v is not None})
+    for name, reason in all_scores[0].skipped.items():
         if reason != "not requested":
             log.warning("%s not computed: %s", name, reason)
-    log.info("%s: %s", args.out, {k: v for k, v in scores.metrics.items() if v is not None})
     return 0
 
 
@@ -63,10 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cap = commands.add_parser("captions", help="coco-caption metrics of generated captions")
     cap.add_argument("--annotations", "--references", dest="annotations", type=Path,
                      required=True, help="COCO-format caption annotations (the references)")
-    cap.add_argument("--results", type=Path, required=True,
-                     help='[{"image_id": int, "caption": str}], one per annotated image')
-    cap.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
-    cap.add_argument("--per-image", type=Path, help="also write {image_id: {metric: score}}")
+    cap.add_argument("--results", type=Path, required=True, nargs="+",
+                     help='[{"image_id": int, "caption": str}], one per annotated image; '
+                          'several files are scored in one pass (one METEOR start)')
+    cap.add_argument("--out", type=Path, required=True, nargs="+",
+                     help="metrics JSON to write, one per --results file")
+    cap.add_argument("--per-image", type=Path, nargs="+",
+                     help="also write {image_id: {metric: score}}, one per --results file")
     cap.add_argument("--metrics", nargs="+", choices=CAPTION_METRICS,
                      help="metrics to compute (default: all)")
     cap.add_argument("--no-spice", action="store_true", help="skip SPICE (needs CoreNLP jars)")

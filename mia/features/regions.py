@@ -44,7 +44,7 @@ from mia.features.region_store import (
     pad_with_grid_boxes,
 )
 from mia.features.roi_align import roi_align as vectorised_roi_align
-from mia.features.roi_align import roi_mean
+from mia.features.roi_align import roi_mean, roi_mean_batch
 from mia.vision import USING_FALLBACK, torchvision
 
 log = logging.getLogger(__name__)
@@ -194,12 +194,29 @@ class BoxPooler:
             fmap = self.trunk(x).float()  # (1, C, h, w)
         scaled = torch.from_numpy(boxes * np.array([scale_x, scale_y, scale_x, scale_y],
                                                    dtype=np.float32)).to(self.device)
-        if USING_FALLBACK:  # the mean of the bins as one matrix product (mia.features.roi_align)
-            return roi_mean(fmap, scaled, self.cfg.roi_size, 1.0 / STRIDE,
-                            self.cfg.sampling_ratio).cpu().numpy()
-        pooled = roi_align(fmap, scaled, self.cfg.roi_size, 1.0 / STRIDE,
-                           self.cfg.sampling_ratio)  # (n, C, r, r)
-        return pooled.mean(dim=(2, 3)).cpu().numpy()
+        return pool_boxes(fmap, scaled, self.cfg.roi_size, self.cfg.sampling_ratio).cpu().numpy()
+
+
+def pool_boxes(fmap: torch.Tensor, boxes: torch.Tensor, roi_size: int, sampling_ratio: int,
+               image_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Region features: the mean of each box's ``roi_size`` x ``roi_size`` RoIAlign bins on its
+    stride-32 map. ``fmap`` (1, C, h, w), ``boxes`` (n, 4) x1, y1, x2, y2 in the pixels the map
+    was computed from -> (n, C); with ``image_index`` (n,), ``fmap`` (B, C, h, w) holds several
+    images and box i is pooled from map ``image_index[i]``. Differentiable in ``fmap``: the demo
+    backbone is pre-trained through this same function (mia.features.demo_pretrain)."""
+    if image_index is not None:
+        if USING_FALLBACK:
+            return roi_mean_batch(fmap, boxes, image_index, roi_size, 1.0 / STRIDE,
+                                  sampling_ratio)
+        rois = torch.cat([image_index.to(boxes.dtype)[:, None], boxes], dim=1)
+        return torchvision.ops.roi_align(fmap, rois, output_size=roi_size,
+                                         spatial_scale=1.0 / STRIDE,
+                                         sampling_ratio=sampling_ratio,
+                                         aligned=True).mean(dim=(2, 3))
+    if USING_FALLBACK:  # the mean of the bins as one matrix product (mia.features.roi_align)
+        return roi_mean(fmap, boxes, roi_size, 1.0 / STRIDE, sampling_ratio)
+    pooled = roi_align(fmap, boxes, roi_size, 1.0 / STRIDE, sampling_ratio)  # (n, C, r, r)
+    return pooled.mean(dim=(2, 3))
 
 
 def extract_box_features(images: ImageList, boxes_by_image: Mapping[int, np.ndarray],

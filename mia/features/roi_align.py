@@ -100,3 +100,17 @@ def roi_mean(fmap: Tensor, boxes: Tensor, output_size: int, spatial_scale: float
     _, c, h, w = fmap.shape
     weights = _weights(boxes, h, w, output_size, spatial_scale, sampling_ratio, fmap.dtype)
     return weights @ fmap[0].reshape(c, h * w).T
+
+
+def roi_mean_batch(fmap: Tensor, boxes: Tensor, image_index: Tensor, output_size: int,
+                   spatial_scale: float, sampling_ratio: int) -> Tensor:
+    """:func:`roi_mean` of boxes from several images at once: ``fmap`` (B, C, H, W), ``boxes``
+    (n, 4), ``image_index`` (n,) the image of each box -> (n, C). The same weights, gathered
+    per box, so each row equals :func:`roi_mean` of its own image (the demo backbone's
+    pre-training pools a whole batch's boxes this way)."""
+    if fmap.dim() != 4:
+        raise ValueError(f"roi_mean_batch expects maps (B, C, H, W), got {tuple(fmap.shape)}")
+    _, c, h, w = fmap.shape
+    weights = _weights(boxes, h, w, output_size, spatial_scale, sampling_ratio, fmap.dtype)
+    maps = fmap.reshape(fmap.shape[0], c, h * w)[image_index]  # (n, C, H*W)
+    return torch.bmm(maps, weights.unsqueeze(2)).squeeze(2)

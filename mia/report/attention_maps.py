@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,7 +287,8 @@ def draw_attention(image: np.ndarray, layout: Layout, panels: Sequence[Panel],
     plt.close(fig)
     result = {"image_id": image_id, "layout": (
         f"grid {layout.rows}x{layout.cols}" if isinstance(layout, GridLayout) else
-        f"{layout.n} regions"), "positions": [int(p) for p in positions],
+        f"{layout.n} regions"), "image_size": [int(width), int(height)],
+        "positions": [int(p) for p in positions],
         "top_words": top_words, "panels": numbers, **(extra or {})}
     out_json = Path(out_json) if out_json is not None else out_png.with_suffix(".json")
     write_json(out_json, result, indent=1)
@@ -303,3 +304,78 @@ def panel_weights(acc: AccumulatedAttention, item: int = 0, iteration: int | Non
         raise ValueError(f"iteration {k} out of range 1..{len(acc.visual)}")
     return acc.visual[k - 1][item].cpu().numpy(), acc.concepts[k - 1][item].cpu().numpy()
 
+
+
+# --------------------------------------------------------------------------- grounding
+
+
+def cell_box(layout: GridLayout, index: int, width: float, height: float
+             ) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) of grid cell ``index`` (row-major) in an image of ``width`` x ``height``."""
+    row, col = divmod(index, layout.cols)
+    return (col * width / layout.cols, row * height / layout.rows,
+            (col + 1) * width / layout.cols, (row + 1) * height / layout.rows)
+
+
+def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+@dataclass(frozen=True)
+class GroundingCheck:
+    """One drawn position of Figure 5 against what is in the picture.
+
+    ``word``: the position's heaviest concept word that names an object; ``named``: the boxes of
+    the picture's objects it names; ``hit``: one of the ``cells`` (its most attended grid cells)
+    overlaps one of those boxes; ``chance``: the probability that as many cells drawn at random
+    would."""
+
+    panel: str
+    position: int
+    word: str | None
+    cells: tuple[int, ...]
+    named: tuple[tuple[float, float, float, float], ...]
+    hit: bool
+    chance: float
+
+
+def figure_grounding(figure: Mapping[str, Any], objects: Sequence[Mapping[str, Any]],
+                     names: Callable[[str, Mapping[str, Any]], bool | None],
+                     top_cells: int = 3) -> list[GroundingCheck]:
+    """Do the top attended cells of each drawn position cover an object its top concept word
+    names? ``figure`` is the JSON :func:`draw_attention` writes (grid layouts only); ``objects``
+    the picture's objects, each with a COCO ``bbox`` [x, y, w, h] in the image's pixels;
+    ``names(word, obj)`` says whether ``word`` names ``obj`` (``None``: the word names no
+    object at all, e.g. "a" or "background", and the next word is taken). A position whose
+    words name no object is checked with ``word`` None and never hits."""
+    layout_text = str(figure.get("layout", ""))
+    if not layout_text.startswith("grid "):
+        raise ValueError(f"figure_grounding checks grid layouts; this figure has {layout_text!r}")
+    rows, cols = (int(v) for v in layout_text.removeprefix("grid ").split("x"))
+    layout = GridLayout(rows, cols)
+    width, height = figure["image_size"]
+    boxes = [(o["bbox"][0], o["bbox"][1], o["bbox"][0] + o["bbox"][2],
+              o["bbox"][1] + o["bbox"][3]) for o in objects]
+    checks = []
+    for panel in figure["panels"]:
+        for entry in panel["positions"]:
+            weights = np.asarray(entry["visual"], dtype=np.float64)
+            cells = tuple(int(i) for i in np.argsort(-weights, kind="stable")[:top_cells])
+            word, named = None, ()
+            for concept in entry["concepts"]:
+                verdicts = [names(concept["word"], o) for o in objects]
+                if all(v is None for v in verdicts):
+                    continue
+                word = concept["word"]
+                named = tuple(b for b, v in zip(boxes, verdicts, strict=True) if v)
+                break
+            covering = [i for i in range(layout.n)
+                        if any(_overlaps(cell_box(layout, i, width, height), b) for b in named)]
+            hit = any(c in covering for c in cells)
+            # P(at least one of top_cells random distinct cells covers a named box)
+            miss = 1.0
+            for k in range(top_cells):
+                miss *= max(layout.n - len(covering) - k, 0) / (layout.n - k)
+            checks.append(GroundingCheck(panel["label"], int(entry["position"]), word, cells,
+                                         named, hit, 1.0 - miss))
+    return checks

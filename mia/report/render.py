@@ -27,6 +27,7 @@ from markupsafe import Markup, escape
 
 from mia.io import write_text
 from mia.report.costs import stage_costs, totals
+from mia.report.demo_features import load_demo_feature_quality
 from mia.report.environment import software_versions
 from mia.report.figure4 import figure4_data, plot_figure4
 from mia.report.figures import plot_overlay, plot_training_curves
@@ -151,7 +152,8 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
                   vqa_annotations: str | os.PathLike | None = None,
                   tables_dir: str | os.PathLike | None = None,
                   paper_figures_dir: str | os.PathLike | None = None,
-                  paper: PaperResults | None = None) -> Path:
+                  paper: PaperResults | None = None,
+                  demo_features: Mapping[str, Any] | None = None) -> Path:
     """Write the HTML report and its PNG figures; return the HTML's path.
 
     ``config`` is the workflow config; ``table_keys`` the tables to show (``None``: its
@@ -160,7 +162,8 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
     curves; ``paper_figures_dir`` (default: ``figures_dir``) Figure 4 (``figure4/figure4.png``)
     and Figure 5 (``figure5/*.png``); ``tables_dir``, when given, every table as a small
     standalone HTML page and a CSV. Separate folders let ``snakemake --report`` file each under
-    its own category.
+    its own category. ``demo_features`` (the demo world only): the files of
+    :func:`mia.report.demo_features.load_demo_feature_quality`, shown with the costs.
     """
     paper = paper or load_paper_results()
     settings = ReportConfig.from_dict(config.get("report") or {"tables": list(table_keys or [])})
@@ -229,7 +232,8 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),  # noqa: UP017
         tables=tables, gain_tables=gain_tables(gains), bootstrap=settings.bootstrap, figures=settings.figures,
         figure4=figure4, figure5=figure5_rows, run_figures=run_figures, costs=costs,
-        totals=totals(costs), paper_notes=paper.notes, deviations=DEVIATIONS,
+        totals=totals(costs), demo_features=load_demo_feature_quality(demo_features or {}),
+        paper_notes=paper.notes, deviations=DEVIATIONS,
         versions=software_versions(), label=paper.label, seeds={r: sorted(res.seeds) for r, res
                                                                in results.items()},
         config_yaml=yaml.safe_dump(json.loads(json.dumps(dict(config), default=str)),
