@@ -5,7 +5,8 @@ its server files, Figures 4 and 5, the report), in a temporary --directory (noth
 checkout). Checks that the report holds the numbers the runs computed (each metrics JSON value,
 on the paper's x100 scale, appears in its table row; seeds as mean over the replicates), that its
 figures are PNGs, that `snakemake --report` packages it, and that deleting one run's metrics
-re-runs exactly that run's evaluation and the report, nothing else.
+re-runs exactly the split's evaluation job (every run of a split is scored in one job, one
+METEOR JVM) and the report, nothing else, with the same numbers.
 """
 
 from __future__ import annotations
@@ -111,9 +112,11 @@ def test_rerun_touches_only_affected_jobs(workflow_run: Path) -> None:
     runs = workflow_run / "results/test/runs/captioning/visual_attention"
     run_dir, other = runs / "mia/s123", runs / "base/s123"
     untouched = [run_dir / "xe/model.pt", run_dir / "captions_test.json",
-                 other / "metrics_test.json", workflow_run / "results/test/features/concepts_grid.h5"]
+                 other / "captions_test.json",
+                 workflow_run / "results/test/features/concepts_grid.h5"]
     before = {p: p.stat().st_mtime_ns for p in untouched}
     old_metrics = json.loads((run_dir / "metrics_test.json").read_text())
+    other_metrics = json.loads((other / "metrics_test.json").read_text())
     (run_dir / "metrics_test.json").unlink()
 
     # Snakemake does not rebuild a missing intermediate file behind an up-to-date report by
@@ -128,6 +131,8 @@ def test_rerun_touches_only_affected_jobs(workflow_run: Path) -> None:
     assert out.returncode == 0, out.stderr[-4000:]
     assert job_counts(out.stdout + out.stderr) == expected
     assert json.loads((run_dir / "metrics_test.json").read_text()) == old_metrics
+    # The split's one evaluation job scored the other runs again: the same numbers.
+    assert json.loads((other / "metrics_test.json").read_text()) == other_metrics
     assert {p: p.stat().st_mtime_ns for p in untouched} == before
     nothing = snakemake(workflow_run, "-n")
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
