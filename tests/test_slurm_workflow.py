@@ -1,11 +1,13 @@
 """The real workflow on a real (local, single-node) Slurm through `--profile`, unchanged.
 
-1. The test DAG's Visual Attention runs (the demo world, stores, features, concepts, training,
-   decoding, evaluation: every stage a captioning row goes through) run with `--executor slurm`
-   and the test copy of profiles/slurm: every job must have gone through `sbatch` (a Slurm job id
-   in the submission log and a per-job Slurm log), and their metrics must equal the local run's
-   (tests/workflow_support.py): same Snakefile, same config, same results. (The whole test DAG
-   would take the Slurm plugin's status polling many minutes; the local run covers the rest.)
+1. The test DAG's Visual Attention runs (the demo world, its pre-training, stores, features,
+   concepts, training, decoding: every stage a captioning row goes through before its split's
+   evaluation) run with `--executor slurm` and the test copy of profiles/slurm: every job must
+   have gone through `sbatch` (a Slurm job id in the submission log and a per-job Slurm log),
+   and their captions must equal the local run's (tests/workflow_support.py): same Snakefile,
+   same config, same results. (The evaluation job scores every captioning run of the split at
+   once, so it would need the whole test DAG, which would take the Slurm plugin's status
+   polling many minutes; the local run covers the rest.)
 2. In that Slurm run's directory, a longer training of one run is started, cancelled with
    `scancel` mid-training, and the workflow's retry (a new Slurm job) resumes from the checkpoint
    the cancelled job saved on SIGTERM, then finishes with every epoch trained exactly once.
@@ -41,7 +43,7 @@ RUN_TIMEOUT_S = 600
 LOCAL_RULES = {"all", "render_report"}  # run by Snakemake itself, never submitted
 RUN = "visual_attention/mia"
 SEED = 123
-TARGETS = tuple(f"results/test/runs/captioning/visual_attention/{v}/s{SEED}/metrics_test.json"
+TARGETS = tuple(f"results/test/runs/captioning/visual_attention/{v}/s{SEED}/captions_test.json"
                 for v in ("base", "mia"))
 LONG_EPOCHS = 12  # long enough to cancel mid-training: about 2.5 s per epoch here
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+)")
@@ -111,7 +113,7 @@ def test_slurm_results_equal_local_results(slurm_run: tuple[Path, Path, str],
         on_slurm = json.loads((workdir / rel).read_text())
         local = json.loads((workflow_run / rel).read_text())
         assert on_slurm == local, f"{rel}: Slurm {on_slurm} != local {local}"
-        history = rel.replace("metrics_test.json", "xe/history.json")
+        history = rel.replace("captions_test.json", "xe/history.json")
         strip = [{k: v for k, v in row.items() if not k.endswith("wall_s")}
                  for row in json.loads((workdir / history).read_text())]
         assert strip == [{k: v for k, v in row.items() if not k.endswith("wall_s")}
