@@ -461,6 +461,34 @@ def test_costs_device_gpu_hours_and_totals(rendered: tuple[Path, str]) -> None:
     assert len(text) > 30
 
 
+def test_demo_feature_quality_in_the_costs_section(fake: FakeReport, tmp_path: Path) -> None:
+    """The demo's backbone accuracy (with the majority class) and concept precision/recall (with
+    chance and frequency) are printed with the costs; without the files, nothing is."""
+    metrics = {"backbone": "demo_resnet", "held_out_images": 400, "held_out_objects": 953,
+               "train_images": 3600, "epochs": 8, "seconds": 61.2}
+    for i, key in enumerate(("box_shape", "box_color", "box_object", "box_size", "box_position",
+                             "background", "cell_exact", "cell_occupied")):
+        metrics[f"{key}_accuracy"], metrics[f"{key}_chance"] = 0.901 + i / 1000, 0.111 + i / 1000
+    (tmp_path / "backbone.json").write_text(json.dumps(metrics))
+    quality = {"split": "test", "images": 100, "k": 5, "object_words": ["red"] * 19,
+               "precision_at_k": 0.8961, "recall_at_k": 0.8512, "chance_precision_at_k": 0.2926,
+               "chance_recall_at_k": 0.2632, "frequency_precision_at_k": 0.372,
+               "frequency_recall_at_k": 0.3432, "mean_true_words": 5.56, "stored_k": 49}
+    (tmp_path / "quality.json").write_text(json.dumps(quality))
+    html = fake.render(tmp_path / "with", demo_features={
+        "backbone_metrics": tmp_path / "backbone.json", "concept_quality": tmp_path / "quality.json",
+        "backbone_benchmark": _bench(tmp_path / "b.tsv", 80.5, 500.0, 70.25)}).read_text()
+    section = html.split('id="demo-features"', 1)[1].split('<h2 id="software"', 1)[0]
+    assert "3600" in section and "8 epochs" in section and "80.5 s wall" in section
+    assert "70.2 s CPU" in section or "70.3 s CPU" in section
+    assert "<td>90.1</td><td>11.1</td>" in section  # shape: accuracy, majority class (%)
+    assert "<td>90.8</td><td>11.8</td>" in section  # occupied cells
+    assert "<td>89.6</td><td>85.1</td>" in section  # detector precision, recall
+    assert "<td>29.3</td><td>26.3</td>" in section and "<td>37.2</td><td>34.3</td>" in section
+    plain = fake.render(tmp_path / "without").read_text()
+    assert 'id="demo-features"' not in plain
+
+
 def test_config_versions_deviations(rendered: tuple[Path, str]) -> None:
     _, html = rendered
     assert platform.python_version() in html

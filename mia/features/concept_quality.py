@@ -35,7 +35,6 @@ import numpy as np
 from mia.data.demo_language import object_words, true_words
 from mia.data.store import open_store, read_attrs
 
-
 #: The kinds of object word scored (see the module docstring: not sizes).
 SCORED_FACTS = ("shape", "shapes", "color", "background")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,3 +72,10 @@ def load_demo_feature_quality(files: Mapping[str, str | os.PathLike | None]
     concepts = (_load(files["concept_quality"], "concept detector's quality")
                 if files.get("concept_quality") else None)
     return DemoFeatureQuality(backbone, rows or [], cost, concepts)
+
+
+def distinct_fraction(captions: Iterable[str | Sequence[str]]) -> float:
+    """Distinct captions / captions: 1.0 when every image gets its own caption, 1/N when a
+    blind captioner says the same thing of all N (the demo before its backbone saw: 2%)."""
+    texts = [c if isinstance(c, str) else " ".join(c) for c in captions]
+    return len(set(texts)) / len(texts) if texts else float("nan")
