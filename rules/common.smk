@@ -215,6 +215,21 @@ def report_inputs(wildcards=None):
     return inputs
 
 
+CAPTION_SPLIT = config["captioning"]["decode"]["split"]
+# Every (run, seed) whose captions rule evaluate_captions scores, all in one job.
+CAPTION_EVAL_RUNS = [
+    (run, seed)
+    for run in report_runs()
+    if run.startswith("captioning/") and eval_split(run) == CAPTION_SPLIT
+    for seed in seeds(run)
+]
+
+
+def caption_eval_file(run, seed, name):
+    """A captioning run's file of the decoded split: captions, metrics or per_image."""
+    return f"{run_dir(run, seed)}/{name}_{CAPTION_SPLIT}.json"
+
+
 # ------------------------------------------------------------------ raw data and stores
 def raw(path):
     return f"{ROOT}/{path}"
@@ -257,8 +272,9 @@ CONCEPT_QUALITY = f"{R}/features/concept_quality.json"
 
 
 def local_weights(settings):
-    """The local weights file a backbone config loads (`pretrained` with `weights_path`), as a
-    rule input: a job reruns when its weights change, and the demo's come from its own rule."""
+    """The local weights file a backbone config loads (`pretrained` with `weights_path`), as an
+    input of the jobs that load it, so they rerun when the weights change (and the demo's
+    weights are built by their own job first)."""
     if settings.get("pretrained") and settings.get("weights_path"):
         return [settings["weights_path"]]
     return []

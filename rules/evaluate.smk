@@ -5,19 +5,6 @@
 # paraphrase table, is most of an evaluation's cost) for every run; each run's numbers equal
 # those of scoring it alone (tests/test_eval_captions.py).
 
-CAPTION_SPLIT = config["captioning"]["decode"]["split"]
-CAPTION_EVAL_RUNS = [
-    (run, seed)
-    for run in report_runs()
-    if run.startswith("captioning/") and eval_split(run) == CAPTION_SPLIT
-    for seed in seeds(run)
-]
-
-
-def caption_eval_file(run, seed, name):
-    return f"{run_dir(run, seed)}/{name}_{CAPTION_SPLIT}.json"
-
-
 if CAPTION_EVAL_RUNS:
 
     rule evaluate_captions:
