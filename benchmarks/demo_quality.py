@@ -95,6 +95,9 @@ def main() -> None:
         data = data_cache[kind]
         scorers = {s: CiderD(data.references(s)) for s in ("val", "test")}
         model, _ = load_captioner(xe, "cpu")
+        if getattr(model, "cnn", None) is not None:
+            print(f"(skipped {run_path}: it fine-tuned its CNN and captions from the images)")
+            continue
         greedy = _decode(model, data, "test", 1)
         beam = _decode(model, data, "test", 3)
         official = _json(run_path / "metrics_test.json")
