@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CORES  ?= all
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean-demo
+.PHONY: setup demo test lint bench clean-demo screenshot
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/mia_module.py
+
+## The README's screenshot from the demo's own report (run `make demo` first; again whenever the demo changes).
+screenshot: $(STAMP)
+	$(BIN)/python scripts/screenshot_report.py --report reports/demo/index.html --out docs/report_screenshot.png
