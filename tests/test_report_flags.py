@@ -340,7 +340,7 @@ def test_nan_seed_is_named_in_its_cell_and_left_out_of_its_interval(faulty) -> N
     assert f">{expected:.2f}<" in cell
     said = f"seed 2 left out: CIDEr is NaN in {facts['nan_seed_file']}"
     assert said in html
-    assert f"seed 2 left out of its CIDEr cell and interval: CIDEr is NaN" in log
+    assert "seed 2 left out of its CIDEr cell and interval: CIDEr is NaN" in log
     results = load_results(ReportInputs.from_dict(fake.run_files))
     gain = {(g.baseline, g.metric): g for g in mia_gains(results, load_paper_results(),
                                                           GainSettings(resamples=200))}
