@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from mia.features.images import (
     Decoded,
     ImageList,
     check_image_list,
+    default_workers,
     image_loader,
     images_from_karpathy,
     resize_square,
@@ -58,7 +59,7 @@ class GridFeatureConfig:
     image_size: int = 224
     grid_size: int = 7
     batch_size: int = 64
-    num_workers: int = 4
+    num_workers: int = field(default_factory=default_workers)  # min(4, cores)
     device: str = "auto"
     bf16: bool = True
     channels_last: bool = True

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from mia.features.images import (
     Decoded,
     ImageList,
     check_image_list,
+    default_workers,
     image_loader,
     images_from_karpathy,
     resize_shorter_side,
@@ -74,7 +75,7 @@ class RegionFeatureConfig:
     roi_size: int = 7
     sampling_ratio: int = 2
     batch_size: int = 8
-    num_workers: int = 4
+    num_workers: int = field(default_factory=default_workers)  # min(4, cores)
     device: str = "auto"
     bf16: bool = True
     seed: int = 0
