@@ -21,8 +21,8 @@ from vqa_fixtures import build_vqa_world
 
 from mia.cli import build_parser, main
 from mia.runlog import stop_job_logging
-from mia.training.checkpoint import load_checkpoint
 from mia.train_cli import baseline_settings, workflow_config
+from mia.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
