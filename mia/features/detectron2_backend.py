@@ -14,6 +14,7 @@ detectron2 is not on PyPI, so it is imported only when this source is used; see
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -23,12 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from mia.data.store import atomic_h5
 from mia.features.images import BadImage, BadImagesError, ImageList, check_image_list
 from mia.features.region_store import PADDING_ZEROS, RegionStoreWriter
+from mia.progress import track
 from mia.vision import torchvision
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "detectron2 is not on PyPI: create the conda env in envs/detectron2.yaml (snakemake "
@@ -132,7 +135,8 @@ def extract_detectron2_features(images: ImageList, out_h5: str | os.PathLike, cf
                    attrs={"source": "detectron2"}) as f:
         writer = RegionStoreWriter(f, cfg.num_boxes, len(items), source="detectron2",
                                    padding=PADDING_ZEROS)
-        for image_id, path in tqdm(items, desc="regions detectron2", disable=not cfg.progress):
+        for image_id, path in track(items, "region features (detectron2)", len(items),
+                                    unit="images", logger=log, bar=cfg.progress):
             try:
                 with Image.open(path) as img:
                     rgb = np.asarray(img.convert("RGB"))

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from mia.data.store import atomic_h5
 from mia.features.backbone import build_resnet_trunk
@@ -39,6 +38,7 @@ from mia.features.images import (
     resize_square,
     resolve_device,
 )
+from mia.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,8 @@ def extract_grid_features(images: ImageList, out_h5: str | os.PathLike,
         feats = f.create_dataset("features", shape=(n, cells, channels), dtype=np.float16,
                                  chunks=(1, cells, channels), maxshape=(n, cells, channels))
         row = 0
-        for batch in tqdm(loader, desc=f"grid {cfg.backbone}", unit="batch",
-                          disable=not cfg.progress):
+        for batch in track(loader, f"grid features ({cfg.backbone})", n, unit="images",
+                           size=len, logger=log, bar=cfg.progress):
             good = [d for d in batch if isinstance(d, Decoded)]
             bad = [d for d in batch if isinstance(d, BadImage)]
             if bad and not cfg.skip_bad_images:
