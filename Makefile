@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CORES  ?= all
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean-demo screenshot
+.PHONY: setup demo test lint bench clean-demo screenshot check-java
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 ## Run the whole workflow on the generated demo world (2 CPU cores, minutes) and print the report path.
-demo: $(STAMP)
+demo: check-java $(STAMP)
 	$(BIN)/mia config check config/demo.yaml
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 	@echo "Report: $(CURDIR)/reports/demo/index.html"
@@ -36,3 +36,7 @@ bench: $(STAMP)
 ## The README's screenshot from the demo's own report (run `make demo` first; again whenever the demo changes).
 screenshot: $(STAMP)
 	$(BIN)/python scripts/screenshot_report.py --report reports/demo/index.html --out docs/report_screenshot.png
+
+## Java runs the caption metrics (PTB tokenizer, METEOR): say what to install before anything runs.
+check-java:
+	@command -v java >/dev/null 2>&1 || { echo "make: Java was not found on PATH. The caption metrics (coco-caption's PTB tokenizer and METEOR) run on Java 8 or later: install it first, e.g. 'sudo apt-get install default-jre-headless' (Debian/Ubuntu), 'sudo dnf install java-17-openjdk-headless' (Fedora/RHEL), 'brew install openjdk' (macOS) or 'conda install -c conda-forge openjdk', then run make demo again." >&2; exit 1; }
