@@ -7,10 +7,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench clean-demo screenshot check-java
 
+# Where torch comes from (scripts/torch_source.py says which, before installing): an NVIDIA GPU
+# gets PyPI's CUDA build; a machine without one gets PyTorch's CPU wheel index, unless pip already
+# finds the pinned torch locally (find-links). TORCH_INDEX=<url> or TORCH_INDEX=none overrides.
+TORCH_INDEX ?= auto
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python scripts/torch_source.py --constraints constraints.txt --choice "$(TORCH_INDEX)" > $(VENV)/torch-source
+	$(BIN)/pip install --quiet -c constraints.txt $$(cat $(VENV)/torch-source) -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
