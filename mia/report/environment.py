@@ -11,7 +11,7 @@ from pathlib import Path
 #: The checkout this package runs from (a git work tree for a clone, not for a wheel).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-PACKAGES = ("mia-repro", "torch", "torchvision", "numpy", "h5py", "pandas", "snakemake",
+PACKAGES = ("mia-repro", "torch", "torchvision", "numpy", "h5py", "snakemake",
             "pycocoevalcap", "jinja2", "matplotlib", "pyyaml")
 
 
