@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CORES  ?= all
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean-demo screenshot check-java
+.PHONY: setup demo test lint bench clean-demo screenshot check-java config-docs
 
 # Where torch comes from (scripts/torch_source.py says which, before installing): an NVIDIA GPU
 # gets PyPI's CUDA build; a machine without one gets PyTorch's CPU wheel index, unless pip already
@@ -46,3 +46,7 @@ screenshot: $(STAMP)
 ## Java runs the caption metrics (PTB tokenizer, METEOR): say what to install before anything runs.
 check-java:
 	@command -v java >/dev/null 2>&1 || { echo "make: Java was not found on PATH. The caption metrics (coco-caption's PTB tokenizer and METEOR) run on Java 8 or later: install it first, e.g. 'sudo apt-get install default-jre-headless' (Debian/Ubuntu), 'sudo dnf install java-17-openjdk-headless' (Fedora/RHEL), 'brew install openjdk' (macOS) or 'conda install -c conda-forge openjdk', then run make demo again." >&2; exit 1; }
+
+## config/README.md from the schema's descriptions (after changing schemas/config.schema.yaml).
+config-docs: $(STAMP)
+	$(BIN)/python scripts/render_config_docs.py
