@@ -43,5 +43,5 @@ result = run_training_job(
     run_dir, lambda: train_captioner(cfg, data, run_dir.path, inputs=stores,
                                      image_paths=image_paths), log,
     f"{captioner.baseline}/{captioner.variant} for {cfg.epochs} epochs")
-log.info("best val CIDEr-D %.4f at epoch %d", result.best_score, result.best_epoch)
+log.info("best val CIDEr-D %.2f (x100) at epoch %d", 100 * result.best_score, result.best_epoch)
 finish_training(run_dir.path, result.best_path, smk.output.history, smk.output.model)
