@@ -566,7 +566,8 @@ def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(
     unpickled'."""
     path = tmp_path / "xe_model.pt"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=rf"xe_model\.pt: cannot be loaded: {expected}") as err:
+    with pytest.raises(CheckpointError,
+                       match=rf"xe_model\.pt: cannot be loaded: {expected}") as err:
         load_checkpoint(path)
     assert "run code" not in str(err.value) and "delete it and rerun" in str(err.value)
 
