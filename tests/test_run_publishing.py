@@ -25,6 +25,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -36,18 +37,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_captioning_train import ToyCaptionData, toy_config
+from test_scst_train import load_data as scst_load_data
+from test_scst_train import scst_config, signal_at_step, train_xe, write_world
 from torch import nn
 
 import mia.io
 import mia.training.job as job
 import mia.training.lifecycle as lifecycle
 import mia.training.loop as loop
+from mia.captioning.scst_train import train_scst
 from mia.captioning.train import train_captioner
 from mia.training import (
     IGNORED_KEYS,
     CheckpointError,
     FitResult,
     LoopSettings,
+    Preempted,
     RunDirectory,
     RunDirectoryError,
     TrainingTask,
@@ -470,6 +475,45 @@ def test_an_input_swapped_for_one_of_the_same_size_and_time_is_noticed(
         RunDirectory(tmp_path / "ck2", big).prepare()
     assert "inputs stamped by size and modification time, not read" in caplog.text
     assert "features (0.0 GB)" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def scst_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """test_scst_train.py's world and its Up-Down XE model."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    paths = write_world(tmp_path_factory.mktemp("scst_world"))
+    paths["xe_updown"] = train_xe(paths, "updown")
+    torch.set_num_threads(before)
+    return paths
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["device_recorded", "older_last_pt"])
+def test_scst_resumed_on_another_device_reseeds_its_sampler(
+        scst_world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, recorded: bool) -> None:
+    """`device` may change between attempts (it is left out of the fingerprint), but the state
+    of a CUDA generator (16 bytes) does not fit a CPU one (5,056): last.pt as a GPU attempt
+    writes it, resumed on the CPU, re-seeds the sampler and trains on instead of crashing."""
+    data = scst_load_data(scst_world)
+    with monkeypatch.context() as m:
+        signal_at_step(m, 2)
+        with pytest.raises(Preempted):
+            train_scst(scst_config(epochs=1), data, scst_world["xe_updown"], tmp_path,
+                       scst_world["df"])
+    ck = load_checkpoint(tmp_path / "last.pt")
+    ck["extra"]["generator"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    if recorded:
+        ck["extra"]["generator_device"] = "cuda"
+    else:
+        ck["extra"].pop("generator_device")
+    torch.save(ck, tmp_path / "last.pt")
+    with caplog.at_level(logging.WARNING):
+        result = train_scst(scst_config(epochs=1), scst_load_data(scst_world),
+                            scst_world["xe_updown"], tmp_path, scst_world["df"])
+    assert "does not fit this attempt's cpu generator; re-seeded it" in caplog.text
+    assert [row["epoch"] for row in result.history] == [1]
+    assert math.isfinite(result.history[0]["val_cider"])
 
 
 # ---------------------------------------------------------------- clear messages, no tracebacks

@@ -104,7 +104,8 @@ IGNORED_KEYS: dict[str, str] = {
     "max_nonfinite_steps": "how many non-finite steps are skipped before the run fails (a run "
                            "that finishes skipped the same steps either way)",
     "device": "where the arithmetic runs (a run moved between GPU and CPU continues the same "
-              "training; the last digits of the numbers differ, as between two GPUs)",
+              "training; the last digits of the numbers differ, as between two GPUs, and SCST's "
+              "sampler is re-seeded, a CUDA generator's state not fitting a CPU one)",
     "val_batch_size": "how many val images are decoded at once (the same captions and answers; "
                       "only the rounding of batched matrix products can differ)",
     "prefetch_batches": "how many training batches a thread gathers ahead (the same batches)",
