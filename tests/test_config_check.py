@@ -59,8 +59,8 @@ CASES = {
                              "captioning.scst.temperature", r"inf is not a finite number"),
     "transformer_heads": (TRANSFORMER_3_HEADS, 9,
                           "captioning.baselines.transformer.model.options.heads",
-                          r"the Transformer's 3 heads must divide its width captioner\.d_model=64"
-                          r".*\(run captioning/transformer/base\)"),
+                          r"the Transformer's captioner\.d_model=64 must be even and divisible by "
+                          r"options\.heads=3 \(run captioning/transformer/base\)"),
     "captioning_mia_heads": ("captioning:\n  model:\n    mia_heads: 3\n", 3,
                              "captioning.model.mia_heads",
                              r"MIA's 3 heads must divide its width captioner\.d_model=512 "

@@ -39,7 +39,9 @@ import torch.nn.functional as F
 from test_captioning_train import ToyCaptionData, toy_config
 from test_scst_train import load_data as scst_load_data
 from test_scst_train import scst_config, signal_at_step, train_xe, write_world
+from test_vqa_train import tiny as vqa_tiny
 from torch import nn
+from vqa_fixtures import build_vqa_world
 
 import mia.io
 import mia.training.job as job
@@ -47,6 +49,7 @@ import mia.training.lifecycle as lifecycle
 import mia.training.loop as loop
 from mia.captioning.scst_train import train_scst
 from mia.captioning.train import train_captioner
+from mia.data.loaders import VQAData
 from mia.training import (
     IGNORED_KEYS,
     CheckpointError,
@@ -63,6 +66,7 @@ from mia.training import (
     publish_run,
     run_training_job,
 )
+from mia.vqa.train import train_vqa
 
 LOG = logging.getLogger("test.job")
 
@@ -88,7 +92,9 @@ def toy_job(out: Path, epochs: int, **train) -> FitResult:
 
 
 def strip_wall(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.endswith("wall_s")} for row in history]
+    """History rows without their timings (wall times, SCST's reward milliseconds)."""
+    return [{k: v for k, v in row.items() if not k.endswith(("wall_s", "_ms"))}
+            for row in history]
 
 
 def published(out: Path) -> tuple[list[dict], dict]:
@@ -192,6 +198,45 @@ def test_killed_at_the_end_of_a_run_the_retry_publishes_the_uninterrupted_run(
         toy_job(tmp_path, epochs)  # the retry
     assert "starting over" not in caplog.text
     assert_same_publication(tmp_path, uninterrupted[epochs])
+
+
+def _trainer_job(trainer: str, out: Path, scst_world: dict[str, Path], vqa_world) -> FitResult:
+    """One epoch of SCST (the test config's) or of VQA training, as the rule's job runs it."""
+    if trainer == "scst":
+        cfg = scst_config(epochs=1)
+        train = lambda: train_scst(cfg, scst_load_data(scst_world),  # noqa: E731
+                                   scst_world["xe_updown"], out / "checkpoints",
+                                   scst_world["df"])
+    else:
+        cfg = vqa_tiny(epochs=1)
+        data = VQAData.from_stores(vqa_world.vqa, vqa_world.regions,
+                                   concepts_h5=vqa_world.concepts)
+        train = lambda: train_vqa(cfg, data, out / "checkpoints",  # noqa: E731
+                                  val_questions=vqa_world.questions["val"],
+                                  val_annotations=vqa_world.annotations["val"])
+    run_dir = RunDirectory(out / "checkpoints", fingerprint(dataclasses.asdict(cfg), {}))
+    return run_training_job(run_dir, train, LOG, trainer,
+                            publish=(str(out / "history.json"), str(out / "model.pt")))
+
+
+@pytest.fixture(scope="module")
+def vqa_world(tmp_path_factory: pytest.TempPathFactory):
+    return build_vqa_world(tmp_path_factory.mktemp("vqa_world"))
+
+
+@pytest.mark.parametrize("trainer", ["scst", "vqa"])
+def test_one_epoch_scst_and_vqa_killed_before_the_history_publish_on_retry(
+        trainer: str, scst_world: dict[str, Path], vqa_world, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the test config's one SCST epoch every retry failed (FileNotFoundError
+    history.json): the run was stuck until someone deleted its folder. Same in VQA training."""
+    _trainer_job(trainer, tmp_path / "straight", scst_world, vqa_world)
+    with monkeypatch.context() as m:
+        kill_at(m, "before_history", 1)
+        with pytest.raises(Killed):
+            _trainer_job(trainer, tmp_path / "killed", scst_world, vqa_world)
+    _trainer_job(trainer, tmp_path / "killed", scst_world, vqa_world)
+    assert_same_publication(tmp_path / "killed", tmp_path / "straight")
 
 
 def _sigkill_main(out: str, epochs: int, point: str) -> int:
