@@ -108,12 +108,9 @@ def _stores(args: argparse.Namespace, config: Mapping[str, Any], task: str,
     return out
 
 
-def _publish(result: Any, checkpoints: Path, out: Path) -> None:
-    from mia.io import copy_file
-
-    copy_file(checkpoints / "history.json", out / "history.json")
-    copy_file(result.best_path, out / "model.pt")
-    log.info("published %s and %s", out / "model.pt", out / "history.json")
+def _outputs(out: Path) -> tuple[str, str]:
+    """Where a finished run is published (history, model), as the rules' outputs are."""
+    return str(out / "history.json"), str(out / "model.pt")
 
 
 # ------------------------------------------------------------------ mia train
@@ -160,7 +157,8 @@ def _train_captioning(args: argparse.Namespace) -> int:
         result = run_training_job(run_dir, lambda: train_captioner(
             cfg, data, run_dir.path, inputs=", ".join(f"{k} store {v}" for k, v in
                                                       inputs.items()),
-            image_paths=image_paths), log, f"{what} (XE) for {cfg.epochs} epochs")
+            image_paths=image_paths), log, f"{what} (XE) for {cfg.epochs} epochs",
+            publish=_outputs(args.out))
     else:
         from mia.captioning.scst import SCSTConfig
         from mia.captioning.scst_train import train_scst
@@ -177,13 +175,12 @@ def _train_captioning(args: argparse.Namespace) -> int:
         result = run_training_job(run_dir, lambda: train_scst(
             cfg, data, args.xe_model, run_dir.path, stores["document_frequency"],
             inputs=", ".join(f"{k} {v}" for k, v in inputs.items())), log,
-            f"{what} (SCST) for {cfg.epochs} epochs")
+            f"{what} (SCST) for {cfg.epochs} epochs", publish=_outputs(args.out))
         if result.best_epoch == 0:
             log.warning("no SCST epoch beat the XE model's val CIDEr-D %.2f: the stage keeps "
                         "the XE weights", 100 * result.best_score)
-    log.info("best val CIDEr-D %.2f (x100) at epoch %d", 100 * result.best_score,
-             result.best_epoch)
-    _publish(result, run_dir.path, args.out)
+    log.info("best val CIDEr-D %.2f (x100) at epoch %d; published %s", 100 * result.best_score,
+             result.best_epoch, args.out / "model.pt")
     return 0
 
 
@@ -220,10 +217,11 @@ def _train_vqa(args: argparse.Namespace) -> int:
         cfg, data, run_dir.path, glove=inputs.get("glove"),
         inputs=", ".join(f"{k} store {v}" for k, v in stores.items()),
         val_questions=inputs.get("val_questions"), val_annotations=inputs.get("val_annotations")),
-        log, f"vqa/{args.baseline}/{args.variant} seed {seed} for {cfg.epochs} epochs")
-    log.info("best %s %.2f at epoch %d", "official val accuracy (%)" if cfg.validates else
-             "epoch (the last)", result.best_score, result.best_epoch)
-    _publish(result, run_dir.path, args.out)
+        log, f"vqa/{args.baseline}/{args.variant} seed {seed} for {cfg.epochs} epochs",
+        publish=_outputs(args.out))
+    log.info("best %s %.2f at epoch %d; published %s", "official val accuracy (%)"
+             if cfg.validates else "epoch (the last)", result.best_score, result.best_epoch,
+             args.out / "model.pt")
     return 0
 
 

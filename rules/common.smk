@@ -3,6 +3,7 @@
 import os
 import sys
 
+from mia.config_checks import baseline_settings
 from mia.variants import VARIANT_PATTERN
 
 
@@ -92,8 +93,7 @@ def caption_stage(baseline):
 
 def caption_settings(baseline, section):
     """`captioning.<section>` (model, train or scst) with the baseline's own overrides on top."""
-    own = config["captioning"]["baselines"][baseline].get(section, {})
-    return {**config["captioning"][section], **own}
+    return baseline_settings(config, "captioning", baseline, section)
 
 
 def final_caption_model(wildcards):
@@ -274,8 +274,7 @@ def caption_inputs(wildcards):
 
 def vqa_settings(baseline, section):
     """`vqa.<section>` (model or train) with the baseline's own overrides on top."""
-    own = config["vqa"]["baselines"][baseline].get(section, {})
-    return {**config["vqa"][section], **own}
+    return baseline_settings(config, "vqa", baseline, section)
 
 
 def vqa_inputs(wildcards):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -30,7 +31,8 @@ MIA_MODES: dict[str, dict[str, Any]] = {
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``values``; unknown keys raise a ValueError naming them."""
+    """Build dataclass ``cls`` from ``values``; unknown keys and NaN or infinite numbers (which
+    pass every ``<= 0`` check) raise a ValueError naming them."""
     if not isinstance(values, Mapping):
         raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(values)}")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -38,6 +40,10 @@ def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") ->
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; "
                          f"expected some of {sorted(names)}")
+    for key, value in values.items():
+        numbers = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+            raise ValueError(f"{where}.{key}: must be a finite number, got {value}")
     return cls(**values)  # type: ignore[call-arg]
 
 
@@ -137,6 +143,9 @@ class CaptionerConfig:
         for key, value in MIA_MODES[self.mia_mode].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.uses_mia and (self.mia_heads < 1 or self.d_model % self.mia_heads):
+            raise ValueError(f"captioner.mia_heads: MIA's {self.mia_heads} heads must divide its "
+                             f"width captioner.d_model={self.d_model}")
         if self.fine_tune_cnn_after_epoch is not None and self.fine_tune_cnn_after_epoch < 0:
             raise ValueError("captioner.fine_tune_cnn_after_epoch: must be >= 0 or null, got "
                              f"{self.fine_tune_cnn_after_epoch}")

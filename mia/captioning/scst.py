@@ -113,7 +113,9 @@ class SCSTConfig:
             raise ValueError(f"scst.samples_per_image: must be >= 1, got "
                              f"{self.samples_per_image}")
         if self.baseline == "mean_of_others" and self.samples_per_image < 2:
-            raise ValueError("scst.baseline 'mean_of_others' needs samples_per_image >= 2")
+            raise ValueError("scst.samples_per_image: the scst.baseline 'mean_of_others' needs "
+                             "samples_per_image >= 2 (each sample's baseline is the mean reward "
+                             f"of the others), got {self.samples_per_image}")
         for name in ("epochs", "batch_size", "max_length", "val_beam_size", "val_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"scst.{name}: must be >= 1, got {getattr(self, name)}")

@@ -154,17 +154,31 @@ class SCSTTask(TrainingTask):
 
     def extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(),
+                "generator_device": self.generator.device.type,
                 "plateau": None if self.plateau is None else self.plateau.state_dict(),
                 "epoch_stats": {"epoch": self._sums_epoch, "steps": self._steps,
                                 **self._sums}}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
         if self.plateau is not None:
             self.plateau.load_state_dict(state["plateau"])
         stats = dict(state["epoch_stats"])
         self._sums_epoch, self._steps = int(stats.pop("epoch")), int(stats.pop("steps"))
         self._sums = {k: float(stats[k]) for k in _STATS}
+        saved = state.get("generator_device", self.generator.device.type)
+        try:
+            if saved != self.generator.device.type:
+                raise RuntimeError(f"written on {saved}")
+            self.generator.set_state(state["generator"])
+        except RuntimeError as err:
+            # `device` may change between attempts (mia.training.IGNORED_KEYS), but a CPU and a
+            # CUDA generator have different states: re-seed from where the run stands.
+            seed = self.cfg.seed * 1_000_003 + self._sums_epoch * 10_007 + self._steps
+            self.generator.manual_seed(seed)
+            log.warning("the sampling generator's state in last.pt (%s) does not fit this "
+                        "attempt's %s generator; re-seeded it (%d): training goes on, with other "
+                        "samples than an uninterrupted run would draw", err,
+                        self.generator.device.type, seed)
 
     # ---------------------------------------------------------------- training
     def batches(self, epoch: int, start: int) -> Iterable[Any]:

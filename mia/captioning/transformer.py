@@ -347,8 +347,9 @@ def build_transformer(cfg: CaptionerConfig, vocab_size: int) -> Captioner:
                          f"embed_dim = d_model (got embed_dim={cfg.embed_dim}, "
                          f"d_model={cfg.d_model})")
     if cfg.d_model % options.heads or cfg.d_model % 2:
-        raise ValueError(f"captioner.d_model={cfg.d_model} must be even and divisible by "
-                         f"options.heads={options.heads}")
+        raise ValueError(f"captioner.options.heads: the Transformer's captioner.d_model="
+                         f"{cfg.d_model} must be even and divisible by options.heads="
+                         f"{options.heads}")
     decoder = TransformerDecoder(cfg, options, vocab_size)
     encoder = TransformerImageEncoder(cfg, options, decoder.embed)
     # The reference initialises its encoder-decoder (not the region embedding) with Glorot.

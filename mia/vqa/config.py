@@ -79,8 +79,8 @@ class VQAModelConfig:
                 raise ValueError(f"vqa.model.{name}: must be in [0, 1), got "
                                  f"{getattr(self, name)}")
         if self.uses_mia and self.mia_d_model % self.mia_heads:
-            raise ValueError(f"vqa.model.mia_d_model={self.mia_d_model} is not divisible by "
-                             f"mia_heads={self.mia_heads}")
+            raise ValueError(f"vqa.model.mia_heads: MIA's {self.mia_heads} heads must divide its "
+                             f"width vqa.model.mia_d_model={self.mia_d_model}")
 
     @property
     def uses_mia(self) -> bool:
