@@ -397,7 +397,10 @@ def read_stage_outcome(path: str | os.PathLike, stage: str, history: History
     import torch
 
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:  # mmap: the weights stay on disk, only the small entries are read
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not the zip format mmap needs: read it whole
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError) as err:
         log.warning("%s: cannot read which epoch the %s stage selected (%s); the report says "
                     "nothing about it", path, stage, err)
