@@ -12,10 +12,12 @@
 
 The boxes are the proposals in the original image's pixels (not the class-regressed boxes), and
 the NMS is py-faster-rcnn's, whose boxes include their last pixel: area ``(x2 - x1 + 1) *
-(y2 - y1 + 1)``; a box is suppressed when its IoU with a kept one is above the threshold.
-Where ``generate_tsv.py`` is unspecified we choose: confidence ties rank the earlier proposal
-first (numpy's default sort is not stable), and equal class scores keep the earlier proposal
-first in NMS (torchvision's order).
+(y2 - y1 + 1)``; a box is suppressed when its IoU with a kept one is above the threshold. Like
+``generate_tsv.py`` (``dets.astype(np.float32)``) the NMS sees boxes and scores rounded to
+float32, whatever the model's dtype: near-certain scores (0.9969744 ...) then tie. Where
+``generate_tsv.py`` is unspecified (numpy's default sort is not stable, so the order of equal
+values is an accident of the sort) we choose: equal scores of a class keep the earlier proposal
+first in NMS, and equal confidences rank the earlier proposal first.
 
 The per-class NMS shares one IoU matrix (the proposals are the same for every class) and runs
 for all classes of all images of a batch at once: one greedy step per proposal rank, each step
@@ -48,9 +50,10 @@ def max_confidence(boxes: Tensor, scores: Tensor, nms_threshold: float,
     batch, rois, classes = scores.shape
     if valid is None:
         valid = torch.ones(batch, rois, dtype=torch.bool, device=scores.device)
-    over = legacy_iou(boxes) > nms_threshold  # (B, R, R): j suppressed by a kept i
+    # generate_tsv.py's NMS works on float32 boxes and scores (dets.astype(np.float32))
+    over = legacy_iou(boxes.to(torch.float32)) > nms_threshold  # (B, R, R): i suppresses j
     over &= valid[:, None, :]
-    ranked = scores.masked_fill(~valid[:, :, None], -1.0)
+    ranked = scores.to(torch.float32).masked_fill(~valid[:, :, None], -1.0)
     order = ranked.argsort(dim=1, descending=True, stable=True)  # (B, R, K)
     order = order.permute(0, 2, 1).reshape(batch * classes, rois)  # (B*K, R) by class
     image_of = torch.arange(batch, device=scores.device).repeat_interleave(classes)
