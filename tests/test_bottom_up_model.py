@@ -180,3 +180,26 @@ def test_configs_refuse_what_cannot_work():
     with pytest.raises(ValueError, match="blocks"):
         FasterRCNNConfig(blocks=(3, 4))
     assert BottomUpConfig(model={"blocks": [1, 1, 1]}).model.blocks == (1, 1, 1)
+
+
+@pytest.mark.gpu
+def test_the_fallbacks_equal_torchvisions_compiled_ops():
+    """Where torchvision's compiled ops exist (a CUDA machine), our RoIPool and NMS fallbacks
+    give exactly their results, on the CPU and on the GPU."""
+    from mia.vision import USING_FALLBACK, _nms_reference
+
+    if USING_FALLBACK:
+        reason = "torchvision's compiled ops are missing here (CPU-only torch): nothing to compare"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 16, 38, 50, generator=g)
+    corner = torch.rand(300, 2, generator=g) * 700
+    rois = torch.cat([torch.randint(0, 2, (300, 1), generator=g).float(), corner,
+                      corner + torch.rand(300, 2, generator=g) * 300], 1)
+    for device in ("cpu", "cuda"):
+        f, r = features.to(device), rois.to(device)
+        compiled = torchvision.ops.roi_pool(f, r, 14, 1 / 16)
+        assert torch.equal(roi_pool_reference_semantics(f, r, 14, 1 / 16), compiled)
+    boxes, scores = rois[:, 1:], torch.rand(300, generator=g)
+    assert torch.equal(_nms_reference(boxes, scores, 0.7), torchvision.ops.nms(boxes, scores, 0.7))

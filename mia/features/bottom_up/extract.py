@@ -5,8 +5,8 @@
 * images are decoded and resized in DataLoader workers and batched only with images of the same
   resized size (no padding, so each image's regions are those it gets alone, as
   ``generate_tsv.py`` ran them one by one);
-* on CUDA the convolutions run in bf16 (``bf16``; the RPN's boxes, the RoI pooling coordinates and
-  the classifiers stay in float32), channels-last;
+* on CUDA the convolutions run channels-last, in bf16 when ``bf16`` is set (the RPN's boxes, the
+  RoI pooling coordinates and the classifiers stay in float32);
 * the images are processed in chunks of ``chunk_size``; each finished chunk is written at once
   (atomically) to ``<store>.parts/``, so a job killed or preempted (SIGTERM: it stops at the next
   batch and exits 75, "try again") resumes after its last finished chunk. The folder carries a
