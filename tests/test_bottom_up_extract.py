@@ -103,6 +103,24 @@ def test_the_store_holds_each_images_regions_in_order(store, weights):
         assert "class_ids" in f
 
 
+def test_a_figure_names_each_region_by_what_the_detector_saw(store):
+    from mia.features.region_store import box_names
+    from mia.report.attention_maps import BoxLayout, _cell_name
+
+    with h5py.File(store) as f:
+        names = box_names(f, 0)
+        n = int(f["num_boxes"][0])
+        first_class = int(f["class_ids"][0, 0])
+        strong = float(f["attribute_scores"][0, 0]) >= 0.1
+        attribute = f"attribute_{int(f['attribute_ids'][0, 0])} " if strong else ""
+    assert names[0] == f"{attribute}class_{first_class}"
+    assert all(names[:n]) and names[n:] == [""] * (12 - n)
+    layout = BoxLayout(np.zeros((12, 4)), tuple(names))
+    assert _cell_name(layout, 0) == f"region 0 ({names[0]})"
+    assert _cell_name(layout, 11 if n < 12 else 0).startswith("region")
+    assert _cell_name(BoxLayout(np.zeros((2, 4))), 1) == "region 1"
+
+
 def test_batched_images_get_the_regions_they_get_alone(store, weights, tmp_path):
     alone = extract_bottom_up_features(images(), tmp_path / "alone.h5",
                                        BottomUpConfig(**{**SETTINGS, "batch_size": 1}), weights)

@@ -171,3 +171,24 @@ class RegionStoreWriter:
     def _datasets(self) -> tuple[str, ...]:
         base = ("image_ids", "features", "boxes", "num_boxes", "image_w", "image_h")
         return base + (LABEL_DATASETS if self.labelled else ())
+
+
+def box_names(f: h5py.File, row: int, attribute_threshold: float = 0.1) -> list[str] | None:
+    """What a detector saw in each box of row ``row`` of an open region store ("white dog";
+    the attribute only when its probability reaches ``attribute_threshold``, the bottom-up demo's
+    ``attr_thresh``), padding rows ""; None for stores without box labels."""
+    if "class_ids" not in f or "class_names" not in f.attrs:
+        return None
+    classes = json.loads(f.attrs["class_names"])
+    attributes = json.loads(f.attrs.get("attribute_names", "[]"))
+    names = []
+    for cls, attr, score in zip(f["class_ids"][row], f["attribute_ids"][row],
+                                f["attribute_scores"][row], strict=True):
+        if cls < 0:
+            names.append("")
+            continue
+        prefix = f"{attributes[attr]} " if 0 <= attr < len(attributes) and \
+            score >= attribute_threshold else ""
+        names.append(prefix + classes[cls])
+    return names
+
