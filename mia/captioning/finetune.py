@@ -85,6 +85,7 @@ class GridCNN(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) normalised images -> (B, (S/32)^2, C) grid features, row-major cells."""
+        images = images.to(next(self.parameters()).dtype)  # the loader's float32 pixels
         with torch.no_grad():
             x = self.frozen(images)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):

@@ -32,6 +32,7 @@ from mia.captioning.decode import caption_split, move_batch, resolve_device, voc
 from mia.captioning.models import build_captioner, trim_captions
 from mia.captioning.transformer import noam_learning_rate
 from mia.captioning.updown import scheduled_sampling_probability
+from mia.dtypes import at_least_float32
 from mia.evaluation.cider import CiderD
 from mia.training.lifecycle import PREEMPTED_EXIT_CODE, Preempted
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
@@ -76,7 +77,7 @@ def caption_loss(logits: Tensor, targets: Tensor, label_smoothing: float) -> Ten
     at all, neither their one-hot nor their share of the smoothing (the released code packs the
     padded sequences away before the loss).
     """
-    logp = F.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1)  # (N, K)
+    logp = F.log_softmax(at_least_float32(logits.reshape(-1, logits.shape[-1])), dim=-1)  # (N, K)
     targets = targets.reshape(-1)
     real = targets != PAD
     nll = -logp.gather(1, targets.unsqueeze(1)).squeeze(1)  # (N,)

@@ -78,15 +78,16 @@ def noam_learning_rate(step: int, d_model: int = 512, warmup: int = 20000,
     return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
 
 
-def sinusoidal_positions(start: int, length: int, d_model: int, device: torch.device
-                         ) -> Tensor:
-    """Positions ``start .. start+length-1`` (length, d): sin on even, cos on odd features.
+def sinusoidal_positions(start: int, length: int, d_model: int, device: torch.device,
+                         dtype: torch.dtype = torch.float32) -> Tensor:
+    """Positions ``start .. start+length-1`` (length, d): sin on even, cos on odd features, in
+    ``dtype`` (the word embedding's).
 
     Computed per position the same way whatever ``start`` is, so a cached step and a
     teacher-forced pass add bit-identical encodings.
     """
-    position = torch.arange(start, start + length, device=device, dtype=torch.float32)
-    rate = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32)
+    position = torch.arange(start, start + length, device=device, dtype=dtype)
+    rate = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=dtype)
                      * -(math.log(10000.0) / d_model))
     angle = position.unsqueeze(1) * rate  # (length, d/2)
     return torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(length, d_model)
@@ -255,7 +256,8 @@ class TransformerDecoder(nn.Module):
 
     def _embed(self, words: Tensor, start: int) -> Tensor:
         """Words (B, T) at positions start.. -> (B, T, d)."""
-        positions = sinusoidal_positions(start, words.shape[1], self.d_model, words.device)
+        positions = sinusoidal_positions(start, words.shape[1], self.d_model, words.device,
+                                         self.embed.lut.weight.dtype)
         return self.embed_dropout(self.embed(words) + positions)
 
     def cross_keys_values(self, memory: Tensor) -> tuple[Tensor, ...]:

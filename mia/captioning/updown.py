@@ -128,7 +128,7 @@ class UpDownEncoder(nn.Module):
         if self.embed_mean is None:
             enc.pooled = masked_mean(enc.memory, enc.mask)
         else:
-            raw = batch["features"].float()
+            raw = batch["features"].to(self.embed_mean[0].weight.dtype)
             enc.pooled = self.embed_mean(masked_mean(raw, batch["feature_mask"].bool()))
         return enc
 
