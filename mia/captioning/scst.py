@@ -87,6 +87,11 @@ class SCSTConfig:
     Validation (selection of ``best.pt``): val CIDEr-D of beam search with ``val_beam_size`` (the
     reference: 1, greedy) and ``max_length`` steps. ``checkpoint_every``, ``log_every``,
     ``progress``, ``max_nonfinite_steps``: as :class:`mia.captioning.config.TrainConfig`.
+
+    ``optimizer_state``: ``carry`` (the reference) starts Adam from the XE optimiser's state saved
+    with the XE model (moments, step counts, and its betas/eps/weight decay, as
+    ``optimizer.load_state_dict`` restores them in self-critical.pytorch; ``betas``, ``eps`` and
+    ``weight_decay`` here then only apply to ``fresh``); ``fresh`` starts a new Adam.
     """
 
     samples_per_image: int = 5  # train_sample_n
@@ -104,6 +109,7 @@ class SCSTConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
+    optimizer_state: Literal["carry", "fresh"] = "carry"  # the XE Adam state (reference) or new
     seed: int = 123
     val_beam_size: int = 1
     val_batch_size: int = 100
@@ -141,6 +147,9 @@ class SCSTConfig:
         if self.grad_clip_mode not in ("value", "norm"):
             raise ValueError(f"scst.grad_clip_mode: {self.grad_clip_mode!r} is not 'value' or "
                              "'norm'")
+        if self.optimizer_state not in ("carry", "fresh"):
+            raise ValueError(f"scst.optimizer_state: {self.optimizer_state!r} is not 'carry' (the "
+                             "XE optimiser's state, as the reference) or 'fresh'")
         if self.lr_schedule not in ("constant", "plateau"):
             raise ValueError(f"scst.lr_schedule: {self.lr_schedule!r} is not 'constant' or "
                              "'plateau'")

@@ -132,6 +132,10 @@ class CaptionXETask(TrainingTask):
         self.optimizer = torch.optim.Adam(finetune.parameter_groups(self.model, cfg.lr),
                                           lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                           weight_decay=cfg.weight_decay)
+        if cfg.weight_clamp > 0:
+            clamp_before_each_step(self.optimizer, self.model.decoder.parameters(),
+                                   cfg.weight_clamp)
+        self._optimizer_epoch = 0  # the epoch whose start last rebuilt the optimiser
         self.scorer = CiderD(data.references("val"))
 
     def meta(self) -> dict[str, Any]:
@@ -146,6 +150,9 @@ class CaptionXETask(TrainingTask):
                                     pin_memory=self.device.type == "cuda")
 
     def start_epoch(self, epoch: int) -> None:
+        if self.cfg.rebuild_optimizer_each_epoch and epoch != self._optimizer_epoch:
+            reset_optimizer_state(self.optimizer, skip_group=finetune.CNN_GROUP)
+        self._optimizer_epoch = epoch  # a resumed epoch (saved in last.pt) is not rebuilt again
         finetune.cnn_epoch_start(self.model, epoch)
         if hasattr(self.model.decoder, "ss_prob"):
             self.model.decoder.ss_prob = scheduled_sampling(self.cfg, epoch)
@@ -177,11 +184,47 @@ class CaptionXETask(TrainingTask):
         return {"val_cider": float(self.scorer.score(captions)[0])}
 
     def best_checkpoint(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), **self.meta(), "epoch": epoch,
-                "val_cider": float(metrics["val_cider"])}
+        out = {"model": self.model.state_dict(), **self.meta(), "epoch": epoch,
+               "val_cider": float(metrics["val_cider"])}
+        if self.cfg.keep_optimizer_state:  # what SCST carries over (scst.optimizer_state)
+            out["optimizer"] = self.optimizer.state_dict()
+        return out
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"optimizer_epoch": self._optimizer_epoch}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        self._optimizer_epoch = int(state.get("optimizer_epoch", 0))
 
     def describe_inputs(self) -> str:
         return self.inputs
+
+
+def clamp_before_each_step(optimizer: torch.optim.Optimizer, parameters: Iterable[Tensor],
+                           bound: float) -> None:
+    """Clamp ``parameters`` to ``[-bound, bound]`` at the start of every ``optimizer.step()``:
+    the released ``Train.py`` runs ``p.data.clamp_(-clip, clip)`` over ``Model.decoder`` after
+    ``backward`` and before ``optimizer.step()``. Not gradient clipping: the weights themselves
+    (the word embedding shared with the concepts included) stay within the bound."""
+    params = list(parameters)
+
+    def clamp(*_: Any) -> None:
+        with torch.no_grad():
+            for p in params:
+                p.clamp_(-bound, bound)
+
+    optimizer.register_step_pre_hook(clamp)
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, skip_group: str | None = None) -> None:
+    """Forget the per-parameter state (Adam's moments and step counts) of every group except
+    ``skip_group``: the same optimiser as a newly built one (the released code rebuilds the
+    captioner's Adam every epoch; its CNN optimiser is built once and kept)."""
+    for group in optimizer.param_groups:
+        if skip_group is not None and group.get("name") == skip_group:
+            continue
+        for p in group["params"]:
+            optimizer.state.pop(p, None)
 
 
 def train_captioner(cfg: TrainConfig, data: Any, out_dir: str | os.PathLike,
