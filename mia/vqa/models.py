@@ -137,7 +137,11 @@ def build_vqa_model(cfg: VQAModelConfig, n_question_words: int, n_answers: int,
     """
     if cfg.baseline not in MODELS:
         raise ValueError(f"unknown VQA baseline {cfg.baseline!r}; expected one of {list(MODELS)}")
-    question = QuestionEncoder(n_question_words, cfg.embed_dim, cfg.hidden)  # type: ignore
+    reference_pads = cfg.question_pads == "reference"
+    question = QuestionEncoder(n_question_words, cfg.embed_dim, cfg.hidden,  # type: ignore
+                               tfidf=cfg.tfidf_embedding,
+                               front=reference_pads and cfg.baseline == "updown",
+                               mask_pads=not (reference_pads and cfg.baseline == "ban"))
     image = RegionEncoder(cfg, n_concept_words)
     answerer = MODELS[cfg.baseline](cfg, image.out_dim, n_answers)
     return VQAModel(cfg, question, image, answerer)
