@@ -63,12 +63,11 @@ def reference_cooccurrence(questions: Sequence[Sequence[int]], size: int,
     appearance over its dictionary files; -1 for words it does not have, such as ``<pad>``),
     which decides which entries step 2 of the module docstring weights down.
     """
-    df = np.zeros(size, dtype=np.int64)
+    flat = [w for q in questions for w in q]
+    df = np.bincount(np.asarray(flat, dtype=np.int64), minlength=size)  # token occurrences
     a_parts, b_parts = [], []
     by_length: dict[int, list[Sequence[int]]] = {}
     for q in questions:
-        if len(q):
-            df += np.bincount(np.asarray(q, dtype=np.int64), minlength=size)
         if len(q) >= 2:
             by_length.setdefault(len(q), []).append(q)
     for group in by_length.values():
