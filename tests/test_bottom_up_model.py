@@ -203,3 +203,17 @@ def test_the_fallbacks_equal_torchvisions_compiled_ops():
         assert torch.equal(roi_pool_reference_semantics(f, r, 14, 1 / 16), compiled)
     boxes, scores = rois[:, 1:], torch.rand(300, generator=g)
     assert torch.equal(_nms_reference(boxes, scores, 0.7), torchvision.ops.nms(boxes, scores, 0.7))
+
+
+def test_the_config_check_refuses_a_store_narrower_than_max_boxes(repo_root, tmp_path):
+    from mia.config import ConfigError, check_config, load_config
+
+    override = tmp_path / "adaptive.yaml"
+    override.write_text("features:\n  regions:\n    source: bottom_up\n"
+                        "    bottom_up: {min_boxes: 10, max_boxes: 100}\n")
+    config = load_config([repo_root / "config.yaml", override])
+    with pytest.raises(ConfigError, match=r"features\.regions\.num_boxes.*must equal features"
+                                          r"\.regions\.bottom_up\.max_boxes \(100\)"):
+        check_config(config)
+    config["features"]["regions"]["num_boxes"] = 100
+    check_config(config)  # the adaptive setting: 10 to 100 boxes in a 100-wide store
