@@ -121,6 +121,24 @@ def test_a_figure_names_each_region_by_what_the_detector_saw(store):
     assert _cell_name(BoxLayout(np.zeros((2, 4))), 1) == "region 1"
 
 
+def test_the_store_as_a_bottom_up_tsv_reads_back_the_same(store, tmp_path):
+    from mia.cli import main
+    from mia.data.bottomup_tsv import iter_bottomup_tsv
+    from mia.features.regions import import_bottomup_tsv
+
+    out = tmp_path / "regions.tsv"
+    assert main(["features", "tsv", "--store", str(store), "--out", str(out)]) == 0
+    data = read(store)
+    rows = list(iter_bottomup_tsv(out, feature_dim=128))
+    assert [r.image_id for r in rows] == list(data["image_ids"])
+    assert [r.num_boxes for r in rows] == list(data["num_boxes"])
+    back = import_bottomup_tsv([out], tmp_path / "back.h5",
+                               RegionFeatureConfig(num_boxes=12, feature_dim=128))
+    again = read(back)
+    for name in ("image_ids", "features", "boxes", "num_boxes", "image_w", "image_h"):
+        assert np.array_equal(again[name], data[name]), name
+
+
 def test_batched_images_get_the_regions_they_get_alone(store, weights, tmp_path):
     alone = extract_bottom_up_features(images(), tmp_path / "alone.h5",
                                        BottomUpConfig(**{**SETTINGS, "batch_size": 1}), weights)
