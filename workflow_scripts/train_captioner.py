@@ -27,8 +27,11 @@ data = CaptionData.from_stores(smk.input.captions, smk.input.features, smk.input
 captioner = CaptionerConfig.from_dict(
     {**smk.params.model, "baseline": smk.wildcards.baseline, "variant": smk.wildcards.variant,
      "feature_dim": int(data.features.shape[2])}, "config captioning.model")
-cfg = TrainConfig.from_dict({**smk.params.train, "seed": int(smk.wildcards.seed),
-                             "captioner": captioner}, "config captioning.train")
+train = dict(smk.params.train)
+train["keep_optimizer_state"] = bool(train.get("keep_optimizer_state")
+                                     or smk.params.keep_optimizer_state)
+cfg = TrainConfig.from_dict({**train, "seed": int(smk.wildcards.seed), "captioner": captioner},
+                            "config captioning.train")
 inputs = {"captions": smk.input.captions, "features": smk.input.features,
           "concepts": smk.input.concepts}
 # What `mia visualize attention --run DIR` needs to find this run's data again.

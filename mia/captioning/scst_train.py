@@ -4,7 +4,9 @@ What is particular to SCST lives here; checkpoints, exact resume, signals, the n
 gradient clipping, ``best.pt`` and ``history.json`` are :func:`mia.training.fit`'s.
 
 * The model starts from the XE run's ``model.pt`` (its val-selected ``best.pt``), whose
-  captioner config and vocabulary must match the data's.
+  captioner config and vocabulary must match the data's; Adam continues the XE optimiser's
+  state saved with it (``scst.optimizer_state: carry``, the reference) or starts anew
+  (``fresh``). docs/RECIPE.md says why the val-selected XE epoch and not the last.
 * The reward's scorer (:class:`mia.captioning.scst.SCSTScorer`) is built ONCE per run, from the
   training references and the document-frequency file the workflow computes once per captions
   store; the trainer never recomputes the frequencies.
@@ -49,7 +51,8 @@ from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationI
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PlateauSchedule", "SCSTTask", "loop_settings", "train_scst"]
+__all__ = ["PlateauSchedule", "SCSTTask", "carry_optimizer_state", "loop_settings",
+           "train_scst"]
 
 
 class PlateauSchedule:
@@ -91,6 +94,32 @@ class PlateauSchedule:
 
     def load_state_dict(self, state: Mapping[str, float]) -> None:
         self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+
+
+def carry_optimizer_state(optimizer: torch.optim.Optimizer, xe_checkpoint: Mapping[str, Any],
+                          lr: float, where: str | os.PathLike = "the XE model") -> None:
+    """Continue the XE run's Adam (``scst.optimizer_state: carry``), as self-critical.pytorch
+    does: ``--start_from`` loads ``optimizer.pth`` (and a single run with
+    ``self_critical_after`` never rebuilds it). Moments and step counts carry over, and so do
+    the XE groups' betas, eps and weight decay (``load_state_dict`` restores them); the rate is
+    SCST's ``lr`` (the reference sets it after loading)."""
+    state = xe_checkpoint.get("optimizer")
+    if state is None:
+        raise ValueError(
+            f"{where}: holds no optimizer state, and scst.optimizer_state is 'carry' (the "
+            "reference continues the XE Adam); retrain the XE stage with "
+            "captioning.train.keep_optimizer_state: true (the workflow sets it for baselines "
+            "with an scst stage), or set scst.optimizer_state: fresh")
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as err:
+        raise ValueError(f"{where}: its optimizer state does not fit the SCST model ({err}); "
+                         "was the XE model trained with a fine-tuned CNN?") from err
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    group = optimizer.param_groups[0]
+    log.info("SCST continues the XE Adam state of %s (betas %s, eps %g, weight decay %g)",
+             where, tuple(group["betas"]), group["eps"], group["weight_decay"])
 
 
 def loop_settings(cfg: SCSTConfig) -> LoopSettings:
@@ -135,6 +164,8 @@ class SCSTTask(TrainingTask):
         self.xe = {"epoch": ck.get("epoch"), "val_cider": ck.get("val_cider")}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                           eps=cfg.eps, weight_decay=cfg.weight_decay)
+        if cfg.optimizer_state == "carry":
+            carry_optimizer_state(self.optimizer, ck, cfg.lr, xe_model)
         self.plateau = (PlateauSchedule(cfg.plateau_factor, cfg.plateau_patience)
                         if cfg.lr_schedule == "plateau" else None)
         # The reward: built once per run from the training references and the stored frequencies.

@@ -29,6 +29,7 @@ from markupsafe import Markup, escape
 
 from mia.io import write_text
 from mia.report.costs import job_costs, stage_costs, stage_totals, totals
+from mia.report.deviations import deviations
 from mia.report.environment import software_versions
 from mia.report.figure4 import drawn_metrics, figure4_data, plot_figure4
 from mia.report.figures import LABELS, plot_overlay, plot_training_curves
@@ -49,14 +50,6 @@ DEMO_CONTEXT = (
     "the differences are not coloured. What this page can show is that the pipeline runs end to "
     "end and how MIA's gains compare between baselines on this world, with their intervals.")
 
-DEVIATIONS = (
-    "Splits: the Karpathy split (113,287 / 5,000 / 5,000 images) from dataset_coco.json; the "
-    "authors' released code used a random 5k/5k val/test split.",
-    "Checkpoint selection: the epoch with the best validation CIDEr-D (greedy decoding); the "
-    "released code selected on the test split. The test split is decoded once, at the end.",
-    "Optimisation: Adam built once and kept across epochs (the released code rebuilt it every "
-    "epoch) and gradient-norm clipping instead of clamping weights at 0.1.",
-)
 
 
 @dataclass(frozen=True)
@@ -293,7 +286,7 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
         figures=settings.figures, demo=demo, demo_context=DEMO_CONTEXT,
         figure4=figure4, figure5=figure5_rows, run_figures=run_figures, costs=costs,
         totals=totals(costs), pipeline=pipeline, paper_notes=paper.notes,
-        deviations=DEVIATIONS, versions=software_versions(), label=paper.label,
+        deviations=deviations(config), versions=software_versions(), label=paper.label,
         seeds={r: sorted(res.seeds) for r, res in results.items()}, val_label=LABELS,
         config_yaml=yaml.safe_dump(json.loads(json.dumps(dict(config), default=str)),
                                    sort_keys=False))
