@@ -148,8 +148,9 @@ def test_mia_train_and_decode_vqa_equal_the_workflow_scripts(tmp_path: Path,
                                   "vqa": {"glove": None, "train": train, "model": {
                                       "embed_dim": 8, "concept_embed_dim": 8, "mia_d_model": 8,
                                       "mia_heads": 2, "mia_d_ff": 16},
-                                      "baselines": {"ban": {"model": {"hidden": 16,
-                                                                      "glimpses": 1}}}}})
+                                      "baselines": {"ban": {"model": {
+                                          "hidden": 16, "glimpses": 1,
+                                          "tfidf_embedding": False}}}}})  # the world has none
     config = workflow_config(configs)
     store_args = ["--vqa", str(world.vqa), "--features", str(world.regions), "--concepts",
                   str(world.concepts)]
