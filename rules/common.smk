@@ -3,6 +3,7 @@
 import os
 import sys
 
+from mia.config_checks import baseline_settings
 from mia.variants import VARIANT_PATTERN
 
 
@@ -92,8 +93,7 @@ def caption_stage(baseline):
 
 def caption_settings(baseline, section):
     """`captioning.<section>` (model, train or scst) with the baseline's own overrides on top."""
-    own = config["captioning"]["baselines"][baseline].get(section, {})
-    return {**config["captioning"][section], **own}
+    return baseline_settings(config, "captioning", baseline, section)
 
 
 def final_caption_model(wildcards):
@@ -126,6 +126,8 @@ def run_files(run, seed):
         histories = {"train": f"{d}/history.json"}
         benchmarks = {"train": f"{R}/benchmarks/train_vqa/{baseline}/{variant}/s{seed}.tsv"}
         per_item = None
+        predictions = f"{d}/answers_{split}.json"
+        models = {}
     else:
         histories = {st: f"{d}/{st}/history.json" for st in stages(run)}
         benchmarks = {
@@ -133,11 +135,16 @@ def run_files(run, seed):
             for st in stages(run)
         }
         per_item = f"{d}/per_image_{split}.json"
+        predictions = f"{d}/captions_{split}.json"
+        # which epoch a stage that starts from trained weights (SCST) published: 0 = kept XE's
+        models = {st: f"{d}/{st}/model.pt" for st in stages(run) if st != "xe"}
     return {
         "metrics": f"{d}/metrics_{split}.json",
         "per_item": per_item,
         "histories": histories,
         "benchmarks": benchmarks,
+        "predictions": predictions,
+        "models": models,
     }
 
 
@@ -198,6 +205,8 @@ def report_inputs(wildcards=None):
         "per_item": [f["per_item"] for f in files if f["per_item"]],
         "histories": [p for f in files for p in f["histories"].values()],
         "benchmarks": [p for f in files for p in f["benchmarks"].values()],
+        "predictions": [f["predictions"] for f in files],
+        "models": [p for f in files for p in f["models"].values()],
     }
     if "figure5" in selected_figures():
         inputs["figure5"] = f"{R}/figures/figure5"
@@ -240,6 +249,22 @@ VQA_QUESTIONS = {
     s: raw(f"vqa/v2_OpenEnded_mscoco_{s}2014_questions.json") for s in ("train", "val")
 }
 VQA_ANNOTATIONS = {s: raw(f"vqa/v2_mscoco_{s}2014_annotations.json") for s in ("train", "val")}
+
+
+def vqa_extra_questions(wildcards):
+    """The test question files `preprocess.vqa` reads for its vocabulary or BAN's tf-idf
+    (test2015, test-dev2015: the references' dictionary), keyed `extra_<name>`."""
+    cfg = config["preprocess"]["vqa"]
+    names = [*cfg.get("vocabulary_questions", []), *cfg.get("tfidf_questions", [])]
+    extra = [n for n in dict.fromkeys(names) if n not in ("train", "val")]
+    if extra and DEMO and not config["vqa"]["server"]["enabled"]:
+        raise ValueError(
+            f"preprocess.vqa reads the {extra} questions, which the demo world only generates "
+            "with vqa.server.enabled: true; enable it or keep those lists to [train, val]"
+        )
+    return {f"extra_{n}": raw(f"vqa/v2_OpenEnded_mscoco_{n}_questions.json") for n in extra}
+
+
 INSTANCES = [raw(f"annotations/instances_{s}2014.json") for s in ("train", "val")]
 
 
@@ -315,8 +340,7 @@ def caption_inputs(wildcards):
 
 def vqa_settings(baseline, section):
     """`vqa.<section>` (model or train) with the baseline's own overrides on top."""
-    own = config["vqa"]["baselines"][baseline].get(section, {})
-    return {**config["vqa"][section], **own}
+    return baseline_settings(config, "vqa", baseline, section)
 
 
 def vqa_inputs(wildcards):
@@ -354,7 +378,8 @@ def provided_outputs(key):
 
 
 def region_inputs(wildcards):
-    """bottom_up_tsv reads the released TSVs; boxes/detectron2 read the images (+ COCO boxes)."""
+    """bottom_up_tsv reads the released TSVs; bottom_up the images and the detector's weights;
+    boxes/detectron2 read the images (+ COCO boxes)."""
     source = config["features"]["regions"]["source"]
     if source == "bottom_up_tsv":
         return {"karpathy": KARPATHY_JSON, "tsv_dir": bottom_up_dir()}
@@ -362,7 +387,39 @@ def region_inputs(wildcards):
     if source == "boxes":
         inputs["instances"] = INSTANCES
         inputs["weights"] = local_weights(config["features"]["regions"])
+    if source == "bottom_up":
+        inputs["weights"] = bottom_up_weights()
     return inputs
+
+
+def bottom_up_weights():
+    """The Faster R-CNN weights of source bottom_up: features.regions.bottom_up.weights_path (a
+    local copy), else the download `weights` names, kept as {downloads_dir}/<key><suffix>."""
+    settings = config["features"]["regions"].get("bottom_up") or {}
+    if settings.get("weights_path"):
+        return settings["weights_path"]
+    key = settings.get("weights", "bottom_up_frcnn_weights")
+    if DEMO:
+        raise ValueError(
+            "features.regions.source: bottom_up on the demo world needs "
+            "features.regions.bottom_up.weights_path (the demo world downloads nothing)"
+        )
+    return downloaded_file(key)
+
+
+def downloaded_file(key):
+    """Where a plain-file download (model weights) lands: {downloads_dir}/<key><url suffix>."""
+    suffix = os.path.splitext(download_spec(key)["url"])[1]
+    return f"{DOWNLOADS}/{key}{suffix}"
+
+
+#: Region extraction on the GPU (the bottom-up detector) has resources of its own.
+REGION_RESOURCES = (
+    "bottom_up_features"
+    if config["features"]["regions"]["source"] == "bottom_up"
+    and "bottom_up_features" in config["resources"]
+    else "region_features"
+)
 
 
 def raw_root(wildcards, input):

@@ -16,6 +16,7 @@ out = render_report(smk.params.config, smk.params.tables, smk.params.run_files, 
                     smk.output.figures, figure5=figure5, server_files=smk.params.server_files,
                     vqa_annotations=getattr(smk.input, "vqa_annotations", None),
                     tables_dir=smk.output.tables, paper_figures_dir=smk.output.paper_figures,
+                    benchmarks_dir=smk.params.benchmarks_dir,
                     demo_features={"backbone_metrics": getattr(smk.input, "backbone_metrics", None),
                                    "backbone_benchmark": smk.params.backbone_benchmark,
                                    "concept_quality": getattr(smk.input, "concept_quality", None)})

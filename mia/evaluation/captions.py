@@ -169,6 +169,10 @@ def tokenize_sets(refs: Mapping[int, list[str]], sets: Sequence[Mapping[int, str
     """:func:`tokenize` of the references and several result sets, in one Java run."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+    from mia.evaluation.java import require_java
+
+    require_java("coco-caption's PTB tokenizer")
+
     both: dict[tuple[str, int, int], list[dict[str, str]]] = {}
     for image_id, caps in refs.items():
         both[("gts", 0, image_id)] = [{"caption": c} for c in caps]

@@ -49,8 +49,10 @@ def _captions(args: argparse.Namespace) -> int:
         if args.per_image is not None:
             _write_json({str(i): v for i, v in (scores.per_image or {}).items()},
                         args.per_image[k])
-        log.info("%s: %s", args.out[k], {m: v for m, v in scores.metrics.items()
-                                          if v is not None})
+        shown = ", ".join(f"{m} {100 * v:.2f}" for m, v in scores.metrics.items()
+                          if v is not None)
+        log.info("%s: %s (x100, the paper's scale; the file holds coco-caption's 0-1 scores)",
+                 args.out[k], shown)
     for name, reason in all_scores[0].skipped.items():
         if reason != "not requested":
             log.warning("%s not computed: %s", name, reason)

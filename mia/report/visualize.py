@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mia.data.errors import load_json
 from mia.data.loaders import ConceptTable, FeatureTable, align_rows
 from mia.data.store import open_store, read_attrs
 from mia.data.vocab import Vocabulary
+from mia.features.region_store import box_names
 from mia.report.attention_maps import (
     BoxLayout,
     DrawnFigure,
@@ -121,7 +122,15 @@ class ImageInputs:
 
 
 def _row(store_ids: np.ndarray, image_id: int, path: Path) -> int:
-    return int(align_rows(store_ids, np.array([image_id]), path, f"image {image_id}")[0])
+    """The store row of ``image_id``; an image the store lacks is the user's choice, not a
+    damaged store: say which images there are."""
+    ids = np.asarray(store_ids)
+    if not (ids == image_id).any():
+        sample = ", ".join(str(int(i)) for i in ids[:5])
+        raise ValueError(f"image {image_id} is not in {path} (the run's store: {len(ids)} "
+                         f"images, e.g. {sample}); choose one of its images with --image, or "
+                         "pass --features/--concepts stores that hold it")
+    return int(align_rows(ids, np.array([image_id]), path, f"image {image_id}")[0])
 
 
 def image_inputs(spec: RunSpec, image_id: int, vocab: Sequence[str]) -> ImageInputs:
@@ -136,6 +145,7 @@ def image_inputs(spec: RunSpec, image_id: int, vocab: Sequence[str]) -> ImageInp
     with open_store(spec.features) as f:
         kind = f.attrs.get("kind")
         boxes = f["boxes"][feature_row] if "boxes" in f else None
+        names = box_names(f, feature_row)  # a detector's store: what it saw in each box
         size = ((int(f["image_w"][feature_row]), int(f["image_h"][feature_row]))
                 if "image_w" in f else None)
     with open_store(spec.concepts, "concepts") as f:
@@ -146,7 +156,8 @@ def image_inputs(spec: RunSpec, image_id: int, vocab: Sequence[str]) -> ImageInp
     if kind == "region_features":
         if boxes is None:
             raise ValueError(f"{spec.features}: region store without 'boxes'")
-        layout: Layout = BoxLayout(np.asarray(boxes, dtype=np.float64))
+        layout: Layout = BoxLayout(np.asarray(boxes, dtype=np.float64),
+                                   tuple(names) if names is not None else None)
     else:
         side = math.isqrt(n)
         if side * side != n:
@@ -229,8 +240,15 @@ def find_image(images_root: Path | None, image_id: int) -> Path:
 
 
 def load_image(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    """The image as (H, W, 3) uint8; a file PIL cannot read is bad input naming the file."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: not an image that can be read ({type(err).__name__}: "
+                         f"{err}); pass a JPEG or PNG with --image-file") from err
 
 
 def visualize_attention(run_dirs: Sequence[str | os.PathLike], image_id: int,
@@ -246,9 +264,14 @@ def visualize_attention(run_dirs: Sequence[str | os.PathLike], image_id: int,
     ``iterations``, one panel per iteration k of a single run. Positions: the three most
     concentrated (see :func:`choose_positions`) unless given."""
     from mia.captioning.decode import load_captioner
+    from mia.report.attention_maps import image_format
 
     if not run_dirs:
         raise ValueError("give at least one run folder")
+    image_format(out_png)  # before any model is loaded: a bad --out fails at once
+    if top_words < 1:
+        raise ValueError(f"--top-words must be >= 1 (concept words listed per position), got "
+                         f"{top_words}")
     if iterations and len(run_dirs) != 1:
         raise ValueError("--iterations draws the iterations of ONE run; give a single --run")
     panels: list[Panel] = []
@@ -291,7 +314,7 @@ def visualize_attention(run_dirs: Sequence[str | os.PathLike], image_id: int,
     layout = first.layout
     if isinstance(layout, BoxLayout) and first.size is not None:
         sx, sy = image.shape[1] / first.size[0], image.shape[0] / first.size[1]
-        layout = BoxLayout(layout.boxes * np.array([sx, sy, sx, sy]))
+        layout = BoxLayout(layout.boxes * np.array([sx, sy, sx, sy]), layout.names)
     title = f"image {image_id}: accumulated attention of fused positions {list(positions)}"
     drawn = draw_attention(image, layout, panels, first.concept_words, list(positions), out_png,
                            out_json, top_words=top_words, title=title, image_id=image_id,
