@@ -3,6 +3,8 @@
 import os
 import sys
 
+from mia.data.pins import effective_pin, read_lock
+from mia.features.region_source import resolve_region_source
 from mia.variants import VARIANT_PATTERN
 
 
@@ -21,6 +23,18 @@ R = f"results/{NAME}"  # every output of this config lives under here
 ROOT = config["data"]["root"]  # raw data in the layout of docs/CONTRACTS.md
 DOWNLOADS = config["data"].get("downloads_dir", "resources/downloads")
 DEMO = config["data"]["source"] == "demo"
+# Copies the user registered (mia data register): where they are, and their own pins for files
+# with no published checksum. Local to this downloads folder, never part of config.yaml.
+USER_PINS = {} if DEMO else read_lock(DOWNLOADS)
+# features.regions.source, with `auto` resolved: the released TSVs where the user has them
+# (pinned or registered), else the bottom-up extractor on the images.
+REGION_SOURCE = resolve_region_source(
+    config["features"]["regions"]["source"],
+    config["downloads"],
+    USER_PINS,
+    server_enabled=config["vqa"]["server"]["enabled"],
+)
+REGION_SETTINGS = {**config["features"]["regions"], "source": REGION_SOURCE}
 CORE_ENV = "../envs/core.yaml"
 EVAL_ENV = "../envs/evaluation.yaml"
 
@@ -236,7 +250,7 @@ def bottom_up_dir():
 
 
 GRID_STORE = f"{R}/features/grid_{config['features']['grid']['backbone']}.h5"
-REGION_STORE = f"{R}/features/regions_{config['features']['regions']['source']}.h5"
+REGION_STORE = f"{R}/features/regions_{REGION_SOURCE}.h5"
 CAPTIONS_STORE = f"{R}/data/captions.h5"
 VQA_STORE = f"{R}/data/vqa.h5"
 
@@ -295,6 +309,46 @@ def archive_path(key):
     return f"{DOWNLOADS}/{key}.zip"
 
 
+def download_pin(key):
+    """The pin a download is checked against (config.yaml's, else the user's), or None."""
+    return effective_pin(key, download_spec(key), USER_PINS)
+
+
+def pinned_inputs():
+    """Each download the selected runs read, with its pin and who pinned it (for the report)."""
+    used = [k for k in config["downloads"] if download_used(k)]
+    rows = []
+    for key in used:
+        pin = download_pin(key)
+        rows.append(
+            {
+                "key": key,
+                "checksum": pin.checksum if pin else None,
+                "size": pin.size if pin else None,
+                "pinned_by": pin.by if pin else None,
+                "source": USER_PINS.get(key, {}).get("source"),
+            }
+        )
+    return rows
+
+
+def download_used(key):
+    """Whether the workflow reads this download under this config (as planned, not as run)."""
+    if DEMO:
+        return False
+    if key.startswith("bottom_up"):
+        return REGION_SOURCE == "bottom_up_tsv" and (
+            key == "bottom_up_features" or config["vqa"]["server"]["enabled"]
+        )
+    if key == "coco_annotations_2014":
+        return REGION_SOURCE == "boxes"
+    if key in ("vqa_test_questions", "coco_test2015_images"):
+        return config["vqa"]["server"]["enabled"]
+    if key == "glove_6b":
+        return bool(config["vqa"].get("glove"))
+    return True
+
+
 def provided_outputs(key):
     """The raw-layout paths an archive provides; a trailing slash marks a folder."""
     return [
@@ -305,7 +359,7 @@ def provided_outputs(key):
 
 def region_inputs(wildcards):
     """bottom_up_tsv reads the released TSVs; boxes/detectron2 read the images (+ COCO boxes)."""
-    source = config["features"]["regions"]["source"]
+    source = REGION_SOURCE
     if source == "bottom_up_tsv":
         return {"karpathy": KARPATHY_JSON, "tsv_dir": bottom_up_dir()}
     inputs = {"karpathy": KARPATHY_JSON, "images": image_dirs()}

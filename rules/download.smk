@@ -1,4 +1,4 @@
-# Raw inputs: the real datasets (downloads with pinned SHA-256, then extraction into the raw
+# Raw inputs: the real datasets (downloads with pinned checksums, then extraction into the raw
 # layout of docs/CONTRACTS.md), or the generated demo world in that same layout.
 
 if DEMO:
@@ -29,10 +29,25 @@ if DEMO:
 
 else:
 
+    # Before any job starts: every planned download and extraction must have a pin, and every
+    # planned download a source that answers. One message names them all (mia.data.preflight).
+    onstart:
+        from mia.data.preflight import PreflightError, check_planned_jobs
+
+        try:
+            check_planned_jobs(
+                workflow.dag.needrun_jobs(), config["downloads"], USER_PINS, DOWNLOADS
+            )
+        except PreflightError as err:
+            raise SystemExit(f"mia: {err}")
+
     # Cluster compute nodes often have no internet: downloads run where Snakemake runs.
     localrules:
         download_archive,
 
+    # The pin and the sources are read from the config when the job runs, not passed as params:
+    # a mirror added to `urls` must not make Snakemake redo a finished 13 GB download. A pin
+    # that changed is caught by the extraction, which verifies the archive against it.
     rule download_archive:
         output:
             protected(f"{DOWNLOADS}/{{dataset}}.zip"),
@@ -46,13 +61,11 @@ else:
         resources:
             mem_mb=res("download", "mem_mb"),
             runtime=res("download", "runtime"),
-        params:
-            url=lambda wc: download_spec(wc.dataset)["url"],
-            sha256=lambda wc: download_spec(wc.dataset)["sha256"],
         script:
             "../workflow_scripts/download_archive.py"
 
-    # One extraction rule per download: each archive provides its own files of the raw layout.
+    # One extraction rule per download: each archive provides its own files of the raw layout,
+    # and is verified against its pin first (a zip put into the downloads folder by hand too).
     for _key, _spec in config["downloads"].items():
 
         rule:
@@ -73,6 +86,7 @@ else:
                 mem_mb=res("download", "mem_mb"),
                 runtime=res("download", "runtime"),
             params:
+                key=_key,
                 extract_to=_spec["extract_to"],
                 provides=_spec["provides"],
                 members=_spec.get("members"),
