@@ -76,5 +76,6 @@ rule render_report:
         tables=selected_tables(),
         run_files=report_run_files(),
         server_files=server_score_files(),
+        data_inputs=pinned_inputs(),
     script:
         "../workflow_scripts/render_report.py"

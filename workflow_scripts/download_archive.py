@@ -32,7 +32,7 @@ try:
     if not restore_registered(key, archive, lock, pin):
         download = spec_for(list(spec["urls"]), pin)
         fetch(download, archive)
-        record_verified(archive, pin)
+        record_verified(archive, pin, snakemake_output=True)  # touched and protected next
 except (DownloadError, ValueError, OSError) as err:
     raise SystemExit(
         f"downloads.{key}: {err}\nFix: check the network and run again (a partial file is "

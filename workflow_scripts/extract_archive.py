@@ -9,7 +9,7 @@ from _wf import start
 smk = globals()["snakemake"]
 log = start(smk)
 
-from mia.data.download import safe_extract  # noqa: E402
+from mia.data.download import DownloadError, safe_extract  # noqa: E402
 from mia.data.pins import effective_pin, read_lock, verify_file  # noqa: E402
 
 key, archive = smk.params.key, Path(smk.input[0])
@@ -21,7 +21,7 @@ if pin is None:
         f"{key} {archive} --trust` (a local lock file, not config.yaml), then run again.")
 try:
     verify_file(archive, pin, f"downloads.{key}")
-except ValueError as err:
+except (ValueError, DownloadError) as err:
     raise SystemExit(
         f"{err}.\nFix: this is not the pinned file. Delete {archive} and run again to download "
         f"it, or register the right copy with `mia data register {key} FILE`.") from None

@@ -153,12 +153,20 @@ def _identity(path: Path) -> dict[str, int]:
             "device": st.st_dev}
 
 
-def record_verified(path: str | os.PathLike, pin: Pin) -> Path:
-    """Remember that ``path``, as it is now, matches ``pin`` (after a check of its bytes)."""
+def record_verified(path: str | os.PathLike, pin: Pin, snakemake_output: bool = False) -> Path:
+    """Remember that ``path``, as it is now, matches ``pin`` (after a check of its bytes).
+
+    ``snakemake_output``: the file is a job's output, which Snakemake touches (a new mtime) and
+    write-protects right after the job; the stamp then leaves the mtime open, and the next check
+    accepts any mtime as long as the file is write-protected (nobody changed it in place) and
+    records the mtime it finds."""
     path = Path(path)
     stamp = stamp_path(path)
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    return write_json(stamp, {**_identity(path), "algo": pin.algo, "digest": pin.digest})
+    identity: dict[str, int | None] = {**_identity(path)}
+    if snakemake_output:
+        identity["mtime_ns"] = None
+    return write_json(stamp, {**identity, "algo": pin.algo, "digest": pin.digest})
 
 
 def _stamp_matches(path: Path, pin: Pin) -> bool:
@@ -167,7 +175,14 @@ def _stamp_matches(path: Path, pin: Pin) -> bool:
         recorded = json.loads(stamp.read_text())
     except (OSError, ValueError):
         return False
-    return recorded == {**_identity(path), "algo": pin.algo, "digest": pin.digest}
+    now = {**_identity(path), "algo": pin.algo, "digest": pin.digest}
+    if isinstance(recorded, dict) and recorded.get("mtime_ns", 0) is None:
+        recorded = {**recorded, "mtime_ns": now["mtime_ns"]}
+        if path.stat().st_mode & 0o222 or recorded != now:  # writable: could have changed
+            return False
+        record_verified(path, pin)
+        return True
+    return recorded == now
 
 
 def verify_file(path: str | os.PathLike, pin: Pin, what: str) -> bool:

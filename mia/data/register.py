@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mia.data.download import file_digest
+from mia.data.download import DownloadError, file_digest
 from mia.data.pins import (
     USER,
     USER_PIN_NOTE,
@@ -100,7 +100,7 @@ def register_copy(key: str, file: str | os.PathLike, downloads: Mapping[str, Map
     if not recorded:
         try:
             verify_file(source, pin, what)
-        except ValueError as err:
+        except (ValueError, DownloadError) as err:
             hint = (" If it is the file you mean to use and you trust it, run again with "
                     "--trust to record its own digest instead." if pin.by == USER else
                     " This is not the file the publisher released; find the right copy.")
