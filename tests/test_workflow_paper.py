@@ -36,7 +36,7 @@ from mia.config import load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.network_local, pytest.mark.java]
 
-PAPER_DAG_TIMEOUT_S = 1500
+PAPER_DAG_TIMEOUT_S = 2400  # a 2-core machine shared by other jobs is several times slower
 NAME = "paperworld"
 VA = "captioning/visual_attention"
 REGISTERED = ("karpathy_split", "bottom_up_features")  # the lab's own copies
@@ -56,7 +56,8 @@ def sizes_overlay(weights: Path) -> dict:
         "captioning": {
             "model": {"d_model": 32, "embed_dim": 32, "attention_dim": 16, "mia_heads": 2,
                       "mia_d_ff": 32,
-                      "cnn": {"pretrained": False, "resize": 72, "crop": 64, "workers": 0}},
+                      "cnn": {"weights_path": str(weights), "resize": 36, "crop": 32,
+                              "workers": 0}},
             "train": {"epochs": 1, "batch_size": 20, "checkpoint_every": 100, "log_every": 10,
                       "val_batch_size": 50, "device": "cpu"},
             "decode": {"batch_size": 50, "device": "cpu"},
