@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from tqdm import tqdm
 
@@ -94,7 +95,10 @@ class DownloadSpec:
 @dataclass(frozen=True)
 class DownloadConfig:
     """``attempts`` tries per file, waiting ``base_delay * 2**k`` (capped at ``max_delay``)
-    seconds after the k-th failure; ``timeout`` is per socket operation."""
+    seconds after the k-th failure; ``timeout`` is per socket operation. ``progress`` draws a
+    bar on ``progress_file`` (default stderr; a workflow job passes its terminal, never its log
+    file); every ``log_every_s`` seconds a line with bytes, speed and time left goes to the log
+    (an hour-long download says how it is doing where the user looks)."""
 
     attempts: int = 5
     base_delay: float = 2.0
@@ -102,6 +106,8 @@ class DownloadConfig:
     timeout: float = 60.0
     chunk_size: int = 1 << 20
     progress: bool = True
+    progress_file: Any = None
+    log_every_s: float = 60.0
 
 
 def parse_checksum(checksum: str, url: str = "<url>") -> tuple[str, str]:
@@ -335,10 +341,12 @@ def _fetch_once(url: str, part: Path, cfg: DownloadConfig) -> bool:
             length = response.headers.get("Content-Length")
             expected_total = int(length) if length is not None else None
         received = offset
+        started = last_log = time.monotonic()
         with open(part, mode) as f, tqdm(
                 total=expected_total, initial=offset, unit="B", unit_scale=True,
-                unit_divisor=1024, desc=part.name.removesuffix(".part"), file=sys.stderr,
-                disable=not cfg.progress, leave=False) as bar:
+                unit_divisor=1024, desc=part.name.removesuffix(".part"),
+                file=cfg.progress_file or sys.stderr, disable=not cfg.progress,
+                leave=False) as bar:
             while True:
                 try:
                     chunk = response.read(cfg.chunk_size)
@@ -351,9 +359,24 @@ def _fetch_once(url: str, part: Path, cfg: DownloadConfig) -> bool:
                 f.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
+                now = time.monotonic()
+                if now - last_log >= cfg.log_every_s:
+                    last_log = now
+                    _log_progress(url, received, offset, expected_total, now - started)
     if expected_total is not None and received < expected_total:
         raise _Incomplete(f"connection closed after {received} of {expected_total} bytes")
     return mode == "ab"
+
+
+def _log_progress(url: str, received: int, offset: int, total: int | None,
+                  elapsed: float) -> None:
+    speed = (received - offset) / max(elapsed, 1e-9)
+    if total:
+        left = (total - received) / speed if speed > 0 else float("inf")
+        log.info("%s: %.1f of %.1f MB (%.0f%%), %.1f MB/s, %.0f min left", url, received / 1e6,
+                 total / 1e6, 100 * received / total, speed / 1e6, left / 60)
+    else:
+        log.info("%s: %.1f MB, %.1f MB/s", url, received / 1e6, speed / 1e6)
 
 
 def _parse_content_range(value: str | None, url: str) -> tuple[int, int | None]:
