@@ -2,12 +2,13 @@
 
 The run lifecycle (checkpoints outside the outputs, fingerprint, attempts, exit 75 when
 preempted, resume on retry) is :mod:`mia.training`'s; the outputs (``model.pt`` = the val-selected
-``best.pt``, ``history.json``) are copied atomically only after the last epoch.
+``best.pt``, ``history.json``) are published whole
+(verified against the digest recorded with ``best.pt``) only after the last epoch.
 """
 
 import dataclasses
 
-from _wf import finish_training, start
+from _wf import start
 
 smk = globals()["snakemake"]
 log = start(smk)
@@ -26,8 +27,11 @@ data = CaptionData.from_stores(smk.input.captions, smk.input.features, smk.input
 captioner = CaptionerConfig.from_dict(
     {**smk.params.model, "baseline": smk.wildcards.baseline, "variant": smk.wildcards.variant,
      "feature_dim": int(data.features.shape[2])}, "config captioning.model")
-cfg = TrainConfig.from_dict({**smk.params.train, "seed": int(smk.wildcards.seed),
-                             "captioner": captioner}, "config captioning.train")
+train = dict(smk.params.train)
+train["keep_optimizer_state"] = bool(train.get("keep_optimizer_state")
+                                     or smk.params.keep_optimizer_state)
+cfg = TrainConfig.from_dict({**train, "seed": int(smk.wildcards.seed), "captioner": captioner},
+                            "config captioning.train")
 inputs = {"captions": smk.input.captions, "features": smk.input.features,
           "concepts": smk.input.concepts}
 # What `mia visualize attention --run DIR` needs to find this run's data again.
@@ -42,6 +46,6 @@ if captioner.fine_tunes_cnn:  # the CNN is trained too: it reads the images them
 result = run_training_job(
     run_dir, lambda: train_captioner(cfg, data, run_dir.path, inputs=stores,
                                      image_paths=image_paths), log,
-    f"{captioner.baseline}/{captioner.variant} for {cfg.epochs} epochs")
+    f"{captioner.baseline}/{captioner.variant} for {cfg.epochs} epochs",
+    publish=(smk.output.history, smk.output.model))
 log.info("best val CIDEr-D %.4f at epoch %d", result.best_score, result.best_epoch)
-finish_training(run_dir.path, result.best_path, smk.output.history, smk.output.model)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mia.dtypes import at_least_float32
+
 # Caption vocabulary layout fixed by docs/CONTRACTS.md.
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 #: Decoding steps of the released ``Models/Generator.py`` (``range(1, max_caption_length=20)``).
@@ -48,7 +50,7 @@ class Decoded:
 
 def _log_probs(logits: Tensor) -> Tensor:
     """Log-softmax with ``<pad>`` and ``<bos>`` excluded: they are never a next word."""
-    logits = logits.float().clone()
+    logits = at_least_float32(logits).clone()
     logits[..., PAD] = float("-inf")
     logits[..., BOS] = float("-inf")
     return logits.log_softmax(dim=-1)
