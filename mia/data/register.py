@@ -119,13 +119,11 @@ def register_copy(key: str, file: str | os.PathLike, downloads: Mapping[str, Map
 def place_copy(source: Path, archive: Path, mode: str) -> None:
     """Put ``source`` at ``archive`` (replacing whatever is there) as a link or a copy."""
     archive.parent.mkdir(parents=True, exist_ok=True)
-    if archive.is_symlink() or archive.exists():
-        if archive.exists() and archive.resolve() == source:
-            archive.unlink()  # relink: the link's time becomes now (Snakemake's mtime check)
-        elif archive.is_dir() and not archive.is_symlink():
-            raise IsADirectoryError(f"{archive}: a folder is in the way of the archive")
-        else:
-            archive.unlink()
+    if archive.is_dir() and not archive.is_symlink():
+        raise IsADirectoryError(f"{archive}: a folder is in the way of the archive")
+    # Whatever is there goes (an earlier download or link); a new link's own time is now, so
+    # Snakemake sees an archive newer than its scripts and does not plan to download it again.
+    archive.unlink(missing_ok=True)
     if mode == "link":
         tmp = archive.with_name(f"{archive.name}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)
