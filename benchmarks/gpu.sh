@@ -37,5 +37,6 @@ step captioners   90 "$py" benchmarks/captioners.py --device cuda
 step scst        120 "$py" benchmarks/scst.py --device cuda
 step vqa          90 "$py" benchmarks/vqa.py --device cuda
 step features     60 "$py" benchmarks/features.py --cpu-batches 0
+step bottom_up   150 "$py" benchmarks/bottom_up.py --cpu-tiny-images 2 --cpu-full-images 0
 step cuda_tests   60 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/
 echo "tables in $out" | tee -a "$log"

@@ -4,7 +4,7 @@ import os
 import sys
 
 from mia.config_checks import baseline_settings
-from mia.data.pins import effective_pin, read_lock
+from mia.data.pins import download_name, effective_pin, read_lock
 from mia.features.region_source import resolve_region_source
 from mia.variants import VARIANT_PATTERN
 
@@ -319,9 +319,8 @@ def download_spec(key):
 
 
 def archive_path(key):
-    """Where a download lands (every paper input is a zip; the schema checks the URL)."""
-    download_spec(key)
-    return f"{DOWNLOADS}/{key}.zip"
+    """Where an archive download lands: {downloads_dir}/<key>.zip."""
+    return f"{DOWNLOADS}/{download_name(key, download_spec(key))}"
 
 
 def download_pin(key):
@@ -357,6 +356,13 @@ def download_used(key):
         )
     if key == "coco_annotations_2014":
         return REGION_SOURCE == "boxes"
+    if key.startswith("bottom_up_frcnn_weights"):
+        settings = config["features"]["regions"].get("bottom_up") or {}
+        return (
+            REGION_SOURCE == "bottom_up"
+            and not settings.get("weights_path")
+            and key == settings.get("weights", "bottom_up_frcnn_weights")
+        )
     if key in ("vqa_test_questions", "coco_test2015_images"):
         return config["vqa"]["server"]["enabled"]
     if key == "glove_6b":
@@ -373,14 +379,45 @@ def provided_outputs(key):
 
 
 def region_inputs(wildcards):
-    """bottom_up_tsv reads the released TSVs; boxes/detectron2 read the images (+ COCO boxes)."""
+    """bottom_up_tsv reads the released TSVs; bottom_up the images and the detector's weights;
+    boxes/detectron2 read the images (+ COCO boxes)."""
     source = REGION_SOURCE
     if source == "bottom_up_tsv":
         return {"karpathy": KARPATHY_JSON, "tsv_dir": bottom_up_dir()}
     inputs = {"karpathy": KARPATHY_JSON, "images": image_dirs()}
     if source == "boxes":
         inputs["instances"] = INSTANCES
+    if source == "bottom_up":
+        inputs["weights"] = bottom_up_weights()
     return inputs
+
+
+def bottom_up_weights():
+    """The Faster R-CNN weights of source bottom_up: features.regions.bottom_up.weights_path (a
+    local copy), else the download `weights` names, kept as {downloads_dir}/<key><suffix>."""
+    settings = config["features"]["regions"].get("bottom_up") or {}
+    if settings.get("weights_path"):
+        return settings["weights_path"]
+    key = settings.get("weights", "bottom_up_frcnn_weights")
+    if DEMO:
+        raise ValueError(
+            "features.regions.source: bottom_up on the demo world needs "
+            "features.regions.bottom_up.weights_path (the demo world downloads nothing)"
+        )
+    return downloaded_file(key)
+
+
+def downloaded_file(key):
+    """Where a plain-file download (model weights) lands: {downloads_dir}/<key><url suffix>."""
+    return f"{DOWNLOADS}/{download_name(key, download_spec(key))}"
+
+
+#: Region extraction on the GPU (the bottom-up detector) has resources of its own.
+REGION_RESOURCES = (
+    "bottom_up_features"
+    if REGION_SOURCE == "bottom_up" and "bottom_up_features" in config["resources"]
+    else "region_features"
+)
 
 
 def raw_root(wildcards, input):

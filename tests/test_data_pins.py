@@ -69,7 +69,7 @@ def test_config_pins_are_the_published_ones(paper_config, key, algo, digest, siz
 def test_unpublished_inputs_stay_unpinned_and_mirrors_are_ordered(paper_config) -> None:
     downloads = paper_config["downloads"]
     assert {k for k, s in downloads.items() if config_pin(s, k) is None} == {
-        "bottom_up_features", "bottom_up_test2015_features"}
+        "bottom_up_features", "bottom_up_test2015_features", "bottom_up_frcnn_weights_detectron2"}
     assert downloads["glove_6b"]["urls"] == [  # the GloVe README's order: HF, then its mirror
         "https://huggingface.co/stanfordnlp/glove/resolve/main/glove.6B.zip",
         "https://nlp.stanford.edu/data/wordvecs/glove.6B.zip"]
@@ -284,3 +284,11 @@ def test_stamp_of_a_download_survives_snakemakes_touch_only_while_protected(tmp_
     path.chmod(0o444)  # protected()
     assert verify_file(path, pin, "k") is False
     assert '"mtime_ns": 4' in pins.stamp_path(path).read_text()  # the mtime is now pinned down
+
+
+def test_download_names_archives_and_plain_files() -> None:
+    """Where the download rules put a key: archives as .zip, weights with their own suffix (so
+    `mia data register` links a copy where download_archive / download_file expect it)."""
+    assert pins.download_name("k", {"urls": ["http://x/a.zip"], "extract_to": "."}) == "k.zip"
+    weights = {"urls": ["https://huggingface.co/u/m/resolve/main/pytorch_model.bin?x=1"]}
+    assert pins.download_name("w", weights) == "w.bin"

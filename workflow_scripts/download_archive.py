@@ -1,4 +1,5 @@
-"""Rule download_archive: fetch one ``downloads.<key>`` entry, verified against its one pin.
+"""Rules download_archive and download_file: fetch one ``downloads.<key>`` entry (an archive,
+or a plain file such as model weights), verified against its one pin.
 
 The sources are tried in order (``urls``: the publisher's, then mirrors); the log names the one
 that served. A copy the user registered (``mia data register``) is linked back instead of

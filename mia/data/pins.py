@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -135,6 +136,15 @@ def spec_for(url_list: list[str], pin: Pin) -> DownloadSpec:
         raise ValueError("a download needs at least one URL")
     return DownloadSpec(url=url_list[0], mirrors=tuple(url_list[1:]), sha256=pin.checksum,
                         size=pin.size)
+
+
+def download_name(key: str, spec: Mapping[str, Any]) -> str:
+    """The file name of ``downloads.<key>`` in the downloads folder: ``<key>.zip`` for an archive
+    (one with ``extract_to``), ``<key><suffix of its first URL>`` for a plain file (weights)."""
+    if "extract_to" in spec:
+        return f"{key}.zip"
+    path = urllib.parse.urlsplit(spec["urls"][0]).path
+    return f"{key}{os.path.splitext(path)[1]}"
 
 
 def now_utc() -> str:

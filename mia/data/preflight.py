@@ -96,11 +96,12 @@ def check_planned_downloads(downloads_to_fetch: Iterable[str], archives_to_extra
 def check_planned_jobs(jobs: Iterable[Any], downloads: Mapping[str, Mapping[str, Any]],
                        lock: Mapping[str, Mapping[str, Any]], downloads_dir: str) -> None:
     """:func:`check_planned_downloads` over Snakemake's planned jobs (``workflow.dag``): the
-    ``download_archive`` jobs (wildcard ``dataset``) and the ``extract_<key>`` jobs."""
+    ``download_archive`` / ``download_file`` jobs (wildcard ``dataset``) and the
+    ``extract_<key>`` jobs."""
     fetch, extract = [], []
     for job in jobs:
         name = job.rule.name
-        if name == "download_archive":
+        if name in ("download_archive", "download_file"):
             fetch.append(job.wildcards.dataset)
         elif name.startswith("extract_") and name[len("extract_"):] in downloads:
             extract.append(name[len("extract_"):])

@@ -1,7 +1,8 @@
 """Copies a lab already has: use them instead of downloading, verified like a download.
 
 ``mia data register KEY FILE`` checks ``FILE`` against the pin of ``downloads.<KEY>`` and links
-it where the download rule would have put it (``<downloads_dir>/<KEY>.zip``), so Snakemake finds
+it where the download rule would have put it (``<downloads_dir>/<KEY>.zip``, or the weights'
+own suffix), so Snakemake finds
 the archive present and goes straight to its (verified) extraction. A key without a published
 checksum (the bottom-up features) needs ``--trust``: the file's own SHA-256 is then recorded in
 the local lock file (:mod:`mia.data.pins`), and the report marks it "pinned by the user, not by
@@ -26,6 +27,7 @@ from mia.data.pins import (
     USER_PIN_NOTE,
     Pin,
     config_pin,
+    download_name,
     lock_path,
     now_utc,
     read_lock,
@@ -52,11 +54,6 @@ class Registered:
     pin: Pin
     recorded_pin: bool
     mode: str
-
-
-def archive_name(key: str) -> str:
-    """The download rule's file name for ``downloads.<key>`` (every paper input is a zip)."""
-    return f"{key}.zip"
 
 
 def register_copy(key: str, file: str | os.PathLike, downloads: Mapping[str, Mapping[str, Any]],
@@ -105,7 +102,7 @@ def register_copy(key: str, file: str | os.PathLike, downloads: Mapping[str, Map
                     "--trust to record its own digest instead." if pin.by == USER else
                     " This is not the file the publisher released; find the right copy.")
             raise type(err)(f"{err}.{hint}") from None
-    archive = downloads_dir / archive_name(key)
+    archive = downloads_dir / download_name(key, downloads[key])
     place_copy(source, archive, mode)
     record_verified(archive, pin)
     entry: dict[str, Any] = {"source": str(source), "mode": mode, "recorded": now_utc()}
