@@ -77,5 +77,6 @@ rule render_report:
         run_files=report_run_files(),
         server_files=server_score_files(),
         data_inputs=pinned_inputs(),
+        benchmarks_dir=f"{R}/benchmarks",  # every rule's costs (the jobs upstream are done)
     script:
         "../workflow_scripts/render_report.py"

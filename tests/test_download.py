@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import random
-import re
 import tarfile
 import threading
 import zipfile
@@ -609,13 +608,3 @@ def test_wrong_size_refused_without_hashing(server, tmp_path, monkeypatch):
                  FAST)
     assert hashed == [] and not (tmp_path / "f.zip.part").exists()
 
-
-def test_long_download_logs_its_progress(server, tmp_path, caplog):
-    """An hour-long download says how far it is in the log (the bar is for a terminal only)."""
-    state, base = server
-    data = bytes(range(256)) * 400
-    state.files["/f"] = data
-    cfg = DownloadConfig(attempts=1, timeout=10, chunk_size=8192, progress=False, log_every_s=0)
-    with caplog.at_level("INFO", logger="mia.data.download"):
-        download(DownloadSpec(f"{base}/f", _sha(data)), tmp_path / "f", cfg)
-    assert re.search(r"of 0\.1 MB \(\d+%\), [\d.]+ MB/s, \d+ min left", caplog.text)

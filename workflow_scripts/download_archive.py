@@ -13,11 +13,10 @@ from _wf import start
 smk = globals()["snakemake"]
 log = start(smk)
 
-from mia.data.download import DownloadConfig, DownloadError  # noqa: E402
+from mia.data.download import DownloadError  # noqa: E402
 from mia.data.download import download as fetch  # noqa: E402
 from mia.data.pins import effective_pin, read_lock, record_verified, spec_for  # noqa: E402
 from mia.data.register import restore_registered  # noqa: E402
-from mia.runlog import console  # noqa: E402
 
 key = smk.wildcards.dataset
 spec = smk.config["downloads"][key]
@@ -33,9 +32,7 @@ if pin is None:
 try:
     if not restore_registered(key, archive, lock, pin):
         download = spec_for(list(spec["urls"]), pin)
-        terminal = console()  # a progress bar only for a person watching, never in the log
-        fetch(download, archive, DownloadConfig(progress=terminal is not None,
-                                                progress_file=terminal))
+        fetch(download, archive)  # progress: lines in the log, a bar only on a terminal
         record_verified(archive, pin, snakemake_output=True)  # touched and protected next
 except (DownloadError, ValueError, OSError) as err:
     raise SystemExit(

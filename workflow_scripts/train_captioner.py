@@ -48,4 +48,4 @@ result = run_training_job(
                                      image_paths=image_paths), log,
     f"{captioner.baseline}/{captioner.variant} for {cfg.epochs} epochs",
     publish=(smk.output.history, smk.output.model))
-log.info("best val CIDEr-D %.4f at epoch %d", result.best_score, result.best_epoch)
+log.info("best val CIDEr-D %.2f (x100) at epoch %d", 100 * result.best_score, result.best_epoch)

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tarfile
 import tempfile
 import time
@@ -33,9 +32,8 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
-from tqdm import tqdm
+from mia.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +93,8 @@ class DownloadSpec:
 @dataclass(frozen=True)
 class DownloadConfig:
     """``attempts`` tries per file, waiting ``base_delay * 2**k`` (capped at ``max_delay``)
-    seconds after the k-th failure; ``timeout`` is per socket operation. ``progress`` draws a
-    bar on ``progress_file`` (default stderr; a workflow job passes its terminal, never its log
-    file); every ``log_every_s`` seconds a line with bytes, speed and time left goes to the log
-    (an hour-long download says how it is doing where the user looks)."""
+    seconds after the k-th failure; ``timeout`` is per socket operation. ``progress``: the bar
+    of :class:`mia.progress.Progress` (log lines of bytes, rate and ETA are written always)."""
 
     attempts: int = 5
     base_delay: float = 2.0
@@ -106,8 +102,6 @@ class DownloadConfig:
     timeout: float = 60.0
     chunk_size: int = 1 << 20
     progress: bool = True
-    progress_file: Any = None
-    log_every_s: float = 60.0
 
 
 def parse_checksum(checksum: str, url: str = "<url>") -> tuple[str, str]:
@@ -341,12 +335,9 @@ def _fetch_once(url: str, part: Path, cfg: DownloadConfig) -> bool:
             length = response.headers.get("Content-Length")
             expected_total = int(length) if length is not None else None
         received = offset
-        started = last_log = time.monotonic()
-        with open(part, mode) as f, tqdm(
-                total=expected_total, initial=offset, unit="B", unit_scale=True,
-                unit_divisor=1024, desc=part.name.removesuffix(".part"),
-                file=cfg.progress_file or sys.stderr, disable=not cfg.progress,
-                leave=False) as bar:
+        with open(part, mode) as f, Progress(
+                f"download {part.name.removesuffix('.part')}", expected_total, unit="MB",
+                scale=2**20, start=offset, logger=log, bar=cfg.progress) as bar:
             while True:
                 try:
                     chunk = response.read(cfg.chunk_size)
@@ -359,24 +350,9 @@ def _fetch_once(url: str, part: Path, cfg: DownloadConfig) -> bool:
                 f.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
-                now = time.monotonic()
-                if now - last_log >= cfg.log_every_s:
-                    last_log = now
-                    _log_progress(url, received, offset, expected_total, now - started)
     if expected_total is not None and received < expected_total:
         raise _Incomplete(f"connection closed after {received} of {expected_total} bytes")
     return mode == "ab"
-
-
-def _log_progress(url: str, received: int, offset: int, total: int | None,
-                  elapsed: float) -> None:
-    speed = (received - offset) / max(elapsed, 1e-9)
-    if total:
-        left = (total - received) / speed if speed > 0 else float("inf")
-        log.info("%s: %.1f of %.1f MB (%.0f%%), %.1f MB/s, %.0f min left", url, received / 1e6,
-                 total / 1e6, 100 * received / total, speed / 1e6, left / 60)
-    else:
-        log.info("%s: %.1f MB, %.1f MB/s", url, received / 1e6, speed / 1e6)
 
 
 def _parse_content_range(value: str | None, url: str) -> tuple[int, int | None]:
