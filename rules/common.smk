@@ -432,3 +432,36 @@ REGION_RESOURCES = (
 def raw_root(wildcards, input):
     """data.root, found from the Karpathy JSON input (root/karpathy/dataset_coco.json)."""
     return os.path.dirname(os.path.dirname(input.karpathy))
+
+
+# ------------------------------------------------------------------ checks before the first job
+def check_downloads_up_front():
+    """Every planned download and extraction must have a pin, and every planned download a
+    source that answers: one message names them all (mia.data.preflight), before any job."""
+    if DEMO:
+        return
+    from mia.data.preflight import PreflightError, check_planned_jobs
+
+    try:
+        check_planned_jobs(workflow.dag.needrun_jobs(), config["downloads"], USER_PINS, DOWNLOADS)
+    except PreflightError as err:
+        raise SystemExit(f"mia: {err}")
+
+
+def check_java_up_front():
+    """Caption evaluation runs Java (PTB tokenizer, METEOR): without it a local run stops before
+    its first job, naming what to install, not after hours of training at the first
+    evaluate_captions job. With --sdm conda the evaluation environment brings Java; on a cluster
+    the nodes may have it where the login node has not: a warning only."""
+    from snakemake.settings.types import DeploymentMethod
+
+    from mia.evaluation.java import JAVA_HINT, java_path
+
+    if not selected_runs("captioning") or java_path() is not None:
+        return
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return
+    if workflow.non_local_exec:
+        print(f"WARNING: {JAVA_HINT} (the evaluate_captions jobs need it)", file=sys.stderr)
+        return
+    raise SystemExit(f"mia: caption evaluation is planned (the captioning tables). {JAVA_HINT}")

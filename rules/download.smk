@@ -29,18 +29,6 @@ if DEMO:
 
 else:
 
-    # Before any job starts: every planned download and extraction must have a pin, and every
-    # planned download a source that answers. One message names them all (mia.data.preflight).
-    onstart:
-        from mia.data.preflight import PreflightError, check_planned_jobs
-
-        try:
-            check_planned_jobs(
-                workflow.dag.needrun_jobs(), config["downloads"], USER_PINS, DOWNLOADS
-            )
-        except PreflightError as err:
-            raise SystemExit(f"mia: {err}")
-
     # Cluster compute nodes often have no internet: downloads run where Snakemake runs.
     localrules:
         download_archive,
