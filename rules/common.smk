@@ -239,7 +239,8 @@ def report_inputs(wildcards=None):
 
 
 CAPTION_SPLIT = config["captioning"]["decode"]["split"]
-# Every (run, seed) whose captions rule evaluate_captions scores, all in one job.
+CAPTIONS_JOB = config["evaluation"].get("captions_job", "per_run")  # rules/evaluate.smk
+# Every (run, seed) whose captions rule evaluate_captions scores in one job (per_split).
 CAPTION_EVAL_RUNS = [
     (run, seed)
     for run in report_runs()

@@ -5,8 +5,9 @@ its server files, Figures 4 and 5, the report), in a temporary --directory (noth
 checkout). Checks that the report holds the numbers the runs computed (each metrics JSON value,
 on the paper's x100 scale, appears in its table row; seeds as mean over the replicates), that its
 figures are PNGs, that `snakemake --report` packages it, and that deleting one run's metrics
-re-runs exactly the split's evaluation job (every run of a split is scored in one job, one
-METEOR JVM) and the report, nothing else, with the same numbers.
+re-runs exactly the split's evaluation job (the demo scores every run of the split in one job,
+one METEOR JVM: evaluation.captions_job per_split) and the report, nothing else, with the same
+numbers.
 """
 
 from __future__ import annotations
