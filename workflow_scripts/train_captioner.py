@@ -15,17 +15,25 @@ log = start(smk)
 import torch  # noqa: E402
 
 from mia.captioning.config import CaptionerConfig, TrainConfig  # noqa: E402
-from mia.captioning.finetune import image_paths_from_karpathy  # noqa: E402
 from mia.captioning.train import train_captioner  # noqa: E402
-from mia.data.loaders import CaptionData  # noqa: E402
+from mia.data.loaders import CaptionData, LoaderConfig  # noqa: E402
+from mia.data.store import open_store  # noqa: E402
 from mia.io import write_json  # noqa: E402
 from mia.training import RunDirectory, fingerprint, run_training_job  # noqa: E402
 
 torch.set_num_threads(smk.threads)
-data = CaptionData.from_stores(smk.input.captions, smk.input.features, smk.input.concepts)
+image_stores = None
+if hasattr(smk.input, "image_train"):  # the CNN is trained too: it reads the images themselves
+    image_stores = (smk.input.image_train, smk.input.image_eval)
+with open_store(smk.input.features) as store:
+    feature_dim = int(store["features"].shape[2])
+# A run that computes its features with its own CNN never reads the stored ones (25 GB).
+data = CaptionData.from_stores(smk.input.captions, None if image_stores else smk.input.features,
+                               smk.input.concepts,
+                               LoaderConfig.for_device(smk.params.train.get("device", "auto")))
 captioner = CaptionerConfig.from_dict(
     {**smk.params.model, "baseline": smk.wildcards.baseline, "variant": smk.wildcards.variant,
-     "feature_dim": int(data.features.shape[2])}, "config captioning.model")
+     "feature_dim": feature_dim}, "config captioning.model")
 cfg = TrainConfig.from_dict({**smk.params.train, "seed": int(smk.wildcards.seed),
                              "captioner": captioner}, "config captioning.train")
 inputs = {"captions": smk.input.captions, "features": smk.input.features,
@@ -36,12 +44,9 @@ write_json(smk.output.run, {"run": f"captioning/{captioner.baseline}/{captioner.
                             "images_root": smk.params.images_root})
 run_dir = RunDirectory(smk.params.checkpoints, fingerprint(dataclasses.asdict(cfg), inputs))
 stores = ", ".join(f"{k} store {v}" for k, v in inputs.items())
-image_paths = None
-if captioner.fine_tunes_cnn:  # the CNN is trained too: it reads the images themselves
-    image_paths = image_paths_from_karpathy(smk.input.karpathy, smk.params.data_root)
 result = run_training_job(
     run_dir, lambda: train_captioner(cfg, data, run_dir.path, inputs=stores,
-                                     image_paths=image_paths), log,
+                                     image_stores=image_stores), log,
     f"{captioner.baseline}/{captioner.variant} for {cfg.epochs} epochs")
 log.info("best val CIDEr-D %.4f at epoch %d", result.best_score, result.best_epoch)
 finish_training(run_dir.path, result.best_path, smk.output.history, smk.output.model)

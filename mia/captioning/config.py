@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from mia import variants
+from mia.captioning.step_capture import check_step_mode
+from mia.training.precision import check_precision
 
 T = TypeVar("T")
 
@@ -186,6 +188,16 @@ class TrainConfig:
 
     Gradients: ``grad_clip_value`` clamps every element (self-critical.pytorch: 0.1), then
     ``grad_clip_norm`` clips the global norm (0 disables either).
+
+    ``batch_by``: ``caption`` (``batch_size`` captions drawn freely, the released loader) or
+    ``image`` (``batch_size / 5`` images with all their captions, self-critical.pytorch's
+    ``seq_per_img``; :mod:`mia.captioning.finetune` says what it changes); ``auto``: ``image``
+    when the CNN is fine-tuned (its forward then runs once per image, not once per caption),
+    else ``caption``.
+
+    GPU: ``precision`` (:mod:`mia.training.precision`), ``decode_step`` of validation
+    (:mod:`mia.captioning.step_capture`), ``prefetch_batches`` gathered by a background thread
+    while the GPU trains (CUDA runs only: on a CPU the thread takes the step's own cores).
     """
 
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
@@ -218,11 +230,21 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # non-finite loss/gradient steps skipped before training fails
     device: str = "auto"  # "auto" = cuda when available
     progress: bool | Literal["auto"] = "auto"  # progress bars: on a terminal only by default
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
+    batch_by: Literal["auto", "caption", "image"] = "auto"
+    decode_step: Literal["eager", "fixed", "compiled"] = "eager"  # validation's token loop
+    prefetch_batches: int = 2  # CUDA runs: batches gathered ahead by a thread (0: none)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # YAML gives a list
         if len(self.betas) != 2:
             raise ValueError(f"train.betas: expected two numbers, got {self.betas}")
+        check_precision(self.precision, "train.precision")
+        check_step_mode(self.decode_step, "train.decode_step")
+        if self.batch_by not in ("auto", "caption", "image"):
+            raise ValueError(f"train.batch_by: {self.batch_by!r} is not auto, caption or image")
+        if self.prefetch_batches < 0:
+            raise ValueError(f"train.prefetch_batches: must be >= 0, got {self.prefetch_batches}")
         for name in ("epochs", "batch_size", "val_beam_size", "val_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
@@ -230,6 +252,13 @@ class TrainConfig:
             raise ValueError(f"train.lr_schedule: {self.lr_schedule!r} is not 'step' or 'noam'")
         if self.lr_schedule == "noam" and self.warmup_steps < 1:
             raise ValueError("train.warmup_steps: the noam schedule needs warmup_steps >= 1")
+
+    @property
+    def batches_by_image(self) -> bool:
+        """Whether batches hold whole images' captions (``batch_by``, resolved)."""
+        if self.batch_by == "auto":
+            return self.captioner.fine_tunes_cnn
+        return self.batch_by == "image"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "train") -> TrainConfig:

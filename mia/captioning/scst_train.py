@@ -46,6 +46,7 @@ from mia.captioning.train import seed_everything
 from mia.evaluation.cider import CiderD
 from mia.training.checkpoint import load_checkpoint
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
+from mia.training.step import adam_options
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def loop_settings(cfg: SCSTConfig) -> LoopSettings:
                         log_every=cfg.log_every, progress=cfg.progress,
                         grad_clip_norm=clip if cfg.grad_clip_mode == "norm" else 0.0,
                         grad_clip_value=clip if cfg.grad_clip_mode == "value" else 0.0,
-                        max_nonfinite_steps=cfg.max_nonfinite_steps, score_key="val_cider")
+                        max_nonfinite_steps=cfg.max_nonfinite_steps, score_key="val_cider",
+                        precision=cfg.precision)
 
 
 _STATS = ("reward", "baseline", "sample_cider", "greedy_cider", "sample_tokens", "reward_ms")
@@ -133,7 +135,8 @@ class SCSTTask(TrainingTask):
         self.model = model.to(device).train()
         self.xe = {"epoch": ck.get("epoch"), "val_cider": ck.get("val_cider")}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                          eps=cfg.eps, weight_decay=cfg.weight_decay)
+                                          eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                          **adam_options(device))
         self.plateau = (PlateauSchedule(cfg.plateau_factor, cfg.plateau_patience)
                         if cfg.lr_schedule == "plateau" else None)
         # The reward: built once per run from the training references and the stored frequencies.
@@ -181,8 +184,11 @@ class SCSTTask(TrainingTask):
         return float(self.optimizer.param_groups[0]["lr"])
 
     def loss(self, batch: Any, epoch: int) -> tuple[Tensor, dict[str, float]]:
+        ids = batch["image_ids"]
+        host_ids = ids.tolist() if ids.device.type == "cpu" else None  # no sync for the ids
         batch = move_batch(batch, self.device)
-        loss, stats = scst_step(self.model, batch, self.scorer, self.cfg, self.generator)
+        loss, stats = scst_step(self.model, batch, self.scorer, self.cfg, self.generator,
+                                image_ids=host_ids)
         if epoch != self._sums_epoch:
             self._sums, self._steps, self._sums_epoch = dict.fromkeys(_STATS, 0.0), 0, epoch
         values = stats.as_dict()
@@ -201,7 +207,7 @@ class SCSTTask(TrainingTask):
         """Val CIDEr-D of beam search; raises :class:`ValidationInterrupted` when told to stop."""
         captions = caption_split(self.model, self.data, "val", self.cfg.val_beam_size,
                                  self.cfg.max_length, self.cfg.val_batch_size,
-                                 should_stop=should_stop)
+                                 should_stop=should_stop, step_mode=self.cfg.decode_step)
         if captions is None:
             raise ValidationInterrupted
         return float(self.val_scorer.score(captions)[0])

@@ -32,9 +32,12 @@ from mia.captioning.decode import caption_split, move_batch, resolve_device, voc
 from mia.captioning.models import build_captioner, trim_captions
 from mia.captioning.transformer import noam_learning_rate
 from mia.captioning.updown import scheduled_sampling_probability
+from mia.data.loaders import prefetch
 from mia.evaluation.cider import CiderD
 from mia.training.lifecycle import PREEMPTED_EXIT_CODE, Preempted
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
+from mia.training.precision import float32_region
+from mia.training.step import adam_options
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,8 @@ def caption_loss(logits: Tensor, targets: Tensor, label_smoothing: float) -> Ten
     if label_smoothing > 0:
         others = (-logp.sum(dim=1) - nll) / (logp.shape[1] - 1)
         nll = (1 - label_smoothing) * nll + label_smoothing * others
-    return nll[real].sum() / real.sum().clamp(min=1)
+    # torch.where, not nll[real]: boolean indexing sizes its output on the host (a GPU sync).
+    return torch.where(real, nll, torch.zeros_like(nll)).sum() / real.sum().clamp(min=1)
 
 
 def seed_everything(seed: int) -> None:
@@ -96,53 +100,85 @@ def loop_settings(cfg: TrainConfig, score_key: str = "val_cider") -> LoopSetting
     return LoopSettings(epochs=cfg.epochs, checkpoint_every=cfg.checkpoint_every,
                         log_every=cfg.log_every, progress=cfg.progress,
                         grad_clip_norm=cfg.grad_clip_norm, grad_clip_value=cfg.grad_clip_value,
-                        max_nonfinite_steps=cfg.max_nonfinite_steps, score_key=score_key)
+                        max_nonfinite_steps=cfg.max_nonfinite_steps, score_key=score_key,
+                        precision=cfg.precision)
 
 
 class CaptionXETask(TrainingTask):
     """Teacher-forced cross-entropy on caption batches; selection on val CIDEr-D.
 
     A captioner that fine-tunes its CNN (``captioner.fine_tune_cnn_after_epoch``) reads images:
-    ``image_paths`` (``{image_id: file}``) must then be given; its CNN layers join the optimiser
-    at their own fixed learning rate and train from the configured epoch on
-    (:mod:`mia.captioning.finetune`).
+    ``image_stores`` (the training and evaluation :class:`~mia.captioning.image_store.ImageStore`
+    files, decoded once; what the workflow gives) or ``image_paths`` (``{image_id: file}``,
+    decoded per item) must then be given; its CNN layers join the optimiser at their own fixed
+    learning rate and train from the configured epoch on (:mod:`mia.captioning.finetune`).
     """
 
     def __init__(self, cfg: TrainConfig, data: Any, inputs: str = "the input stores",
-                 image_paths: Mapping[int, str] | None = None, fresh: bool = True) -> None:
+                 image_paths: Mapping[int, str] | None = None, fresh: bool = True,
+                 image_stores: tuple[str | os.PathLike, str | os.PathLike] | None = None
+                 ) -> None:
         self.cfg = cfg
         self.data = data
         self.inputs = inputs
         self.words = vocab_words(data.vocab)
         seed_everything(cfg.seed)
+        device = resolve_device(cfg.device)
         model = build_captioner(cfg.captioner, len(self.words))
         self.train_images = self.eval_images = None
         if model.cnn is not None:
-            if image_paths is None:
-                raise ValueError(f"captioner {cfg.captioner.baseline}/{cfg.captioner.variant} "
-                                 "fine-tunes its CNN and reads images: pass image_paths (the "
-                                 "workflow gives the Karpathy JSON and the images folder)")
             if fresh:
                 finetune.load_imagenet_weights(model)
             cnn_cfg = cfg.captioner.cnn_config()
-            self.train_images = finetune.CaptionImages(image_paths, cnn_cfg, train=True)
-            self.eval_images = finetune.CaptionImages(image_paths, cnn_cfg, train=False)
-        self.model = model.to(resolve_device(cfg.device))
+            if image_stores is not None:
+                from mia.captioning.image_store import ImageStore
+
+                self.train_images = ImageStore(image_stores[0], device)
+                self.eval_images = ImageStore(image_stores[1], device)
+            elif image_paths is not None:
+                self.train_images = finetune.CaptionImages(image_paths, cnn_cfg, train=True)
+                self.eval_images = finetune.CaptionImages(image_paths, cnn_cfg, train=False)
+            else:
+                raise ValueError(f"captioner {cfg.captioner.baseline}/{cfg.captioner.variant} "
+                                 "fine-tunes its CNN and reads images: pass image_stores (the "
+                                 "workflow's caption_image_store outputs) or image_paths")
+        self.model = model.to(device)
+        place = getattr(data, "place", None)
+        if callable(place):
+            log.info("features: %s", place(device))
         self.optimizer = torch.optim.Adam(finetune.parameter_groups(self.model, cfg.lr),
                                           lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                          weight_decay=cfg.weight_decay)
+                                          weight_decay=cfg.weight_decay,
+                                          **adam_options(self.device))
         self.scorer = CiderD(data.references("val"))
+
+    @property
+    def images_per_batch(self) -> int:
+        """Images of a batch by image: ``batch_size`` captions over the captions per image."""
+        per_image = getattr(self.data, "captions_per_image", 5)
+        return max(1, round(self.cfg.batch_size / per_image))
 
     def meta(self) -> dict[str, Any]:
         return {"captioner": dataclasses.asdict(self.cfg.captioner), "vocab": self.words}
 
     def batches(self, epoch: int, start: int) -> Iterable[Any]:
-        batches = self.data.train_batches(epoch, self.cfg.batch_size, self.cfg.seed, start=start)
-        if self.train_images is None:
-            return batches
-        return finetune.with_images(batches, self.train_images, self.cfg.captioner.cnn_config()
-                                    .workers, seed=self.cfg.seed, epoch=epoch, start=start,
-                                    pin_memory=self.device.type == "cuda")
+        if self.cfg.batches_by_image:
+            batches = self.data.train_batches_by_image(epoch, self.images_per_batch,
+                                                       self.cfg.seed, start=start)
+        else:
+            batches = self.data.train_batches(epoch, self.cfg.batch_size, self.cfg.seed,
+                                              start=start)
+        cnn = self.cfg.captioner.cnn_config()
+        if isinstance(self.train_images, finetune.CaptionImages):
+            batches = finetune.with_images(batches, self.train_images, cnn.workers,
+                                           seed=self.cfg.seed, epoch=epoch, start=start,
+                                           pin_memory=self.device.type == "cuda")
+        elif self.train_images is not None:
+            batches = finetune.with_store_images(batches, self.train_images, cnn, train=True,
+                                                 seed=self.cfg.seed, epoch=epoch, start=start)
+        if self.device.type == "cuda" and self.cfg.prefetch_batches:
+            batches = prefetch(batches, self.cfg.prefetch_batches)
+        return batches
 
     def start_epoch(self, epoch: int) -> None:
         finetune.cnn_epoch_start(self.model, epoch)
@@ -150,6 +186,8 @@ class CaptionXETask(TrainingTask):
             self.model.decoder.ss_prob = scheduled_sampling(self.cfg, epoch)
 
     def num_batches(self, epoch: int) -> int | None:
+        if self.cfg.batches_by_image:
+            return self.data.num_train_image_batches(self.images_per_batch)
         count = getattr(self.data, "num_train_batches", None)
         return count(self.cfg.batch_size) if callable(count) else None
 
@@ -159,18 +197,21 @@ class CaptionXETask(TrainingTask):
         return lr
 
     def loss(self, batch: Any, epoch: int) -> tuple[Tensor, dict[str, float]]:
-        batch = trim_captions(move_batch(batch, self.device))
+        # Trimmed on the host (the lengths are read there), then moved: no device sync.
+        batch = move_batch(trim_captions(batch), self.device)
         logits = self.model(batch)
         extras = {}
         if getattr(self.model.decoder, "ss_prob", 0.0) > 0:
             extras["ss_prob"] = float(self.model.decoder.ss_prob)
-        return (caption_loss(logits, batch["captions"][:, 1:].long(), self.cfg.label_smoothing),
-                extras)
+        with float32_region(logits.device.type):
+            loss = caption_loss(logits, batch["captions"][:, 1:].long(), self.cfg.label_smoothing)
+        return loss, extras
 
     def validate(self, epoch: int, should_stop: Callable[[], bool]) -> dict[str, float]:
         captions = caption_split(self.model, self.data, "val", self.cfg.val_beam_size,
                                  self.cfg.max_length, self.cfg.val_batch_size,
-                                 should_stop=should_stop, images=self.eval_images)
+                                 should_stop=should_stop, images=self.eval_images,
+                                 step_mode=self.cfg.decode_step)
         if captions is None:
             raise ValidationInterrupted
         return {"val_cider": float(self.scorer.score(captions)[0])}
@@ -185,11 +226,14 @@ class CaptionXETask(TrainingTask):
 
 def train_captioner(cfg: TrainConfig, data: Any, out_dir: str | os.PathLike,
                     inputs: str = "the input stores",
-                    image_paths: Mapping[int, str] | None = None) -> FitResult:
+                    image_paths: Mapping[int, str] | None = None,
+                    image_stores: tuple[str | os.PathLike, str | os.PathLike] | None = None
+                    ) -> FitResult:
     """Train ``cfg.captioner`` on ``data`` (a :class:`mia.data.loaders.CaptionData`) into
     ``out_dir``; resumes from ``out_dir/last.pt``; raises :class:`Preempted` on a stop signal.
-    ``inputs`` names the stores for error messages; ``image_paths`` is needed by captioners that
-    fine-tune their CNN."""
+    ``inputs`` names the stores for error messages; ``image_stores`` (train, eval) or
+    ``image_paths`` is needed by captioners that fine-tune their CNN."""
     out_dir = Path(out_dir)
-    task = CaptionXETask(cfg, data, inputs, image_paths, fresh=not (out_dir / "last.pt").exists())
+    task = CaptionXETask(cfg, data, inputs, image_paths, fresh=not (out_dir / "last.pt").exists(),
+                         image_stores=image_stores)
     return fit(task, loop_settings(cfg), out_dir)

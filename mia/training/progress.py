@@ -53,8 +53,8 @@ class ProgressLog:
     remaining_epochs_steps: int | None = None  # steps of the epochs after this one, for the ETA
     _t0: float = field(default=0.0, init=False)
     _t_last: float = field(default=0.0, init=False)
-    _loss_sum: float = field(default=0.0, init=False)
-    _loss_n: int = field(default=0, init=False)
+    _losses: list[Any] = field(default_factory=list, init=False)  # floats or 0-d tensors
+    _t_bar: float = field(default=0.0, init=False)
     _done: int = field(default=0, init=False)
     _tqdm: Any = field(default=None, init=False)
 
@@ -66,15 +66,22 @@ class ProgressLog:
                               desc=f"epoch {self.epoch}/{self.epochs}", leave=False,
                               dynamic_ncols=True)
 
-    def step(self, step_in_epoch: int, global_step: int, loss: float, lr: float,
-             **extra: float) -> None:
-        """Record one finished step (1-based ``step_in_epoch``)."""
+    def step(self, step_in_epoch: int, global_step: int, loss: float | torch.Tensor, lr: float,
+             **extra: float | torch.Tensor) -> None:
+        """Record one finished step (1-based ``step_in_epoch``).
+
+        ``loss`` and ``extra`` may be 0-d tensors still being computed on the GPU: they are read
+        only for a log line (every ``log_every`` steps) or, when a terminal watches, for the bar
+        at most once a second, so recording a step never waits for the device.
+        """
         self._done += 1
-        self._loss_sum += loss
-        self._loss_n += 1
+        self._losses.append(loss.detach() if torch.is_tensor(loss) else loss)
         if self._tqdm is not None:
             self._tqdm.update(1)
-            self._tqdm.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", refresh=False)
+            now = time.monotonic()
+            if now - self._t_bar >= 1.0:
+                self._tqdm.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.1e}", refresh=False)
+                self._t_bar = now
         if self.log_every > 0 and global_step % self.log_every == 0:
             self._log_line(step_in_epoch, global_step, lr, extra)
 
@@ -89,12 +96,22 @@ class ProgressLog:
             eta = f", ETA epoch {format_duration(left / rate)}"
             if self.remaining_epochs_steps is not None:
                 eta += f", run {format_duration((left + self.remaining_epochs_steps) / rate)}"
-        more = "".join(f" {k} {v:.4g}" for k, v in extra.items())
+        more = "".join(f" {k} {float(v):.4g}" for k, v in extra.items())
         self.logger.info("epoch %d/%d step %s (global %d) loss %.4f lr %.3g %.2f steps/s%s%s, %s",
-                         self.epoch, self.epochs, where, global_step,
-                         self._loss_sum / max(self._loss_n, 1), lr, rate, eta, more,
-                         memory_summary(self.device))
-        self._loss_sum, self._loss_n, self._t_last = 0.0, 0, now
+                         self.epoch, self.epochs, where, global_step, self._mean_loss(), lr, rate,
+                         eta, more, memory_summary(self.device))
+        self._losses, self._t_last = [], now
+
+    def _mean_loss(self) -> float:
+        """Mean loss since the last line, read from the device in one transfer."""
+        if not self._losses:
+            return 0.0
+        values = [torch.as_tensor(v, dtype=torch.float64).cpu() if not torch.is_tensor(v)
+                  else v for v in self._losses]
+        devices = {v.device for v in values}
+        if len(devices) == 1:
+            return float(torch.stack([v.double() for v in values]).mean())
+        return sum(float(v) for v in values) / len(values)
 
     def close(self) -> None:
         if self._tqdm is not None:

@@ -50,6 +50,8 @@ from mia.data.errors import load_json
 from mia.data.loaders import prefetch
 from mia.evaluation.vqa import evaluate_vqa
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
+from mia.training.precision import check_precision, float32_region
+from mia.training.step import adamax_options
 from mia.vqa.config import VQAModelConfig
 from mia.vqa.models import build_vqa_model, soft_accuracy
 from mia.vqa.predict import move_batch, predict, resolve_device, results_list
@@ -102,9 +104,11 @@ class VQATrainConfig:
     max_nonfinite_steps: int = 5  # non-finite loss/gradient steps skipped before training fails
     device: str = "auto"  # "auto" = cuda when available
     progress: bool | Literal["auto"] = "auto"  # progress bars: on a terminal only by default
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # YAML gives lists
+        check_precision(self.precision, "vqa.train.precision")
         self.warmup_factors = tuple(self.warmup_factors)
         self.lr_decay_epochs = tuple(self.lr_decay_epochs)
         self.train_splits = tuple(self.train_splits)
@@ -178,7 +182,8 @@ def loop_settings(cfg: VQATrainConfig) -> LoopSettings:
     return LoopSettings(epochs=cfg.epochs, checkpoint_every=cfg.checkpoint_every,
                         log_every=cfg.log_every, progress=cfg.progress,
                         grad_clip_norm=cfg.grad_clip_norm,
-                        max_nonfinite_steps=cfg.max_nonfinite_steps, score_key=cfg.score_key)
+                        max_nonfinite_steps=cfg.max_nonfinite_steps, score_key=cfg.score_key,
+                        precision=cfg.precision)
 
 
 class VQATask(TrainingTask):
@@ -209,7 +214,8 @@ class VQATask(TrainingTask):
         self.model = model.to(resolve_device(cfg.device))
         self.optimizer = torch.optim.Adamax(
             [p for p in self.model.parameters() if p.requires_grad], lr=learning_rate(cfg, 1),
-            betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+            betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+            **adamax_options(self.device))
         self.questions = self.annotations = None
         if cfg.validates:
             if val_questions is None or val_annotations is None:
@@ -221,7 +227,9 @@ class VQATask(TrainingTask):
             self.annotations = (val_annotations if isinstance(val_annotations, Mapping)
                                 else load_json(val_annotations))
         # Training soft score of the epoch so far (saved in last.pt: a resumed epoch continues it).
+        # The sum stays on the device between checkpoints: reading it per step would be a sync.
         self._score_epoch, self._score_sum, self._score_count = 0, 0.0, 0
+        self._score_pending: list[Tensor] = []
 
     def meta(self) -> dict[str, Any]:
         return {"vqa_model": dataclasses.asdict(self.cfg.model),
@@ -249,14 +257,25 @@ class VQATask(TrainingTask):
         batch = move_batch(batch, self.device)
         logits = self.model(batch)  # (B, n_answers)
         target = batch["target"]
-        score = soft_accuracy(logits.detach(), target)  # (B,)
+        with float32_region(logits.device.type):
+            score = soft_accuracy(logits.detach().float(), target)  # (B,)
+            loss = self.model.loss(logits.float(), target)
         if epoch != self._score_epoch:
             self._score_epoch, self._score_sum, self._score_count = epoch, 0.0, 0
-        self._score_sum += float(score.sum())
+            self._score_pending = []
+        self._score_pending.append(score.sum())
         self._score_count += len(score)
-        return self.model.loss(logits, target), {"soft_score": float(score.mean())}
+        return loss, {"soft_score": score.mean()}
+
+    def _settle_scores(self) -> None:
+        """Add the pending per-step score sums, in step order, on the host (one transfer)."""
+        if self._score_pending:
+            for value in torch.stack(self._score_pending).cpu().tolist():
+                self._score_sum += value
+            self._score_pending = []
 
     def _train_score(self, epoch: int) -> float:
+        self._settle_scores()
         if epoch != self._score_epoch or not self._score_count:
             return float("nan")
         return 100.0 * self._score_sum / self._score_count
@@ -281,6 +300,7 @@ class VQATask(TrainingTask):
                 "metrics": {k: float(v) for k, v in metrics.items()}}
 
     def extra_state(self) -> dict[str, Any]:
+        self._settle_scores()
         return {"score_epoch": self._score_epoch, "score_sum": self._score_sum,
                 "score_count": self._score_count}
 
@@ -288,6 +308,7 @@ class VQATask(TrainingTask):
         self._score_epoch = int(state.get("score_epoch", 0))
         self._score_sum = float(state.get("score_sum", 0.0))
         self._score_count = int(state.get("score_count", 0))
+        self._score_pending = []
 
     def describe_inputs(self) -> str:
         return self.inputs
