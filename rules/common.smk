@@ -249,9 +249,9 @@ def fine_tunes_cnn(baseline):
     return caption_settings(baseline, "model").get("fine_tune_cnn_after_epoch") is not None
 
 
-def image_store(purpose, size):
-    """The fine-tuning images decoded once (rule caption_image_store): train at the CNN's
-    resize, eval (val + test) at its crop."""
+def image_store_path(purpose, size):
+    """The fine-tuning images, decoded once by caption_image_store: train at the CNN's resize,
+    eval (val + test) at its crop."""
     return f"{R}/images/images_{purpose}_{size}px.h5"
 
 
@@ -267,8 +267,8 @@ def caption_inputs(wildcards):
     if fine_tunes_cnn(wildcards.baseline):
         cnn = caption_settings(wildcards.baseline, "model").get("cnn", {})
         inputs.update(
-            image_train=image_store("train", cnn.get("resize", 256)),
-            image_eval=image_store("eval", cnn.get("crop", 224)),
+            image_train=image_store_path("train", cnn.get("resize", 256)),
+            image_eval=image_store_path("eval", cnn.get("crop", 224)),
         )
     return inputs
 

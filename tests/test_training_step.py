@@ -320,3 +320,70 @@ def test_a_bf16_run_trains_and_resumes_like_any_run(tmp_path):
                                                             rel=0.05)
     with pytest.raises(ValueError, match="train.precision"):
         toy_config(precision="fp16")
+
+
+# ---------------------------------------------------------------- decoding loops
+
+
+@pytest.mark.parametrize("baseline", ["updown", "visual_attention", "transformer"])
+def test_every_decode_step_mode_gives_the_eager_captions(baseline, monkeypatch):
+    """fixed (no host check per token) and compiled (torch.compile of the step; here its
+    aot_eager backend: dynamo's capture without a C++ build) decode the eager captions, greedy
+    and beam; sampling without the per-token check draws valid captions."""
+    from mia.captioning import step_capture
+    from mia.captioning.beam import beam_search, greedy_decode
+    from mia.captioning.config import CaptionerConfig
+    from mia.captioning.models import build_captioner
+    from mia.captioning.sampling import sample_captions
+
+    monkeypatch.setattr(step_capture, "BACKEND", "aot_eager")
+    options = ({"rnn_size": 32} if baseline == "updown" else
+               {"encoder_layers": 1, "decoder_layers": 1, "heads": 2, "d_ff": 32}
+               if baseline == "transformer" else {})
+    torch.manual_seed(0)
+    cfg = CaptionerConfig(baseline=baseline, variant="mia", feature_dim=8, d_model=32,
+                          embed_dim=32, attention_dim=32, mia_heads=2, mia_d_ff=64,
+                          options=options)
+    model = build_captioner(cfg, len(ToyCaptionData().vocab)).eval()
+    batch = next(ToyCaptionData().eval_batches("val", 8))
+    eager = greedy_decode(model, batch, 6)
+    for mode in ("fixed", "compiled"):
+        assert torch.equal(greedy_decode(model, batch, 6, mode).tokens, eager.tokens), mode
+        assert torch.equal(beam_search(model, batch, 3, 6, mode).tokens,
+                           beam_search(model, batch, 3, 6).tokens), mode
+    model.train()
+    with SyncCounter() as counter:
+        rollout = sample_captions(model, batch, 2, 6, step_mode="fixed")
+    assert step_syncs(counter) == []  # no per-token check
+    assert rollout.tokens.shape == (16, 6) and torch.isfinite(rollout.log_probs).all()
+    with pytest.raises(ValueError, match="decode_step"):
+        greedy_decode(model, batch, 6, "graphs")
+
+
+# ---------------------------------------------------------------- features on the device
+
+
+def test_batches_by_image_hold_every_caption_once_and_point_at_their_image(tmp_path):
+    from test_captioning_train import write_toy_stores
+
+    from mia.data.loaders import CaptionData
+
+    captions, grid, concepts = write_toy_stores(tmp_path)
+    data = CaptionData.from_stores(captions, grid, concepts)
+    assert data.captions_per_image == 2
+    seen = []
+    batches = list(data.train_batches_by_image(3, 3, seed=1))
+    assert len(batches) == data.num_train_image_batches(3) == 3
+    for batch in batches:
+        ids = batch["batch_image_ids"]
+        assert torch.equal(ids[batch["caption_image"]], batch["image_ids"])
+        assert len(set(ids.tolist())) == len(ids)
+        seen += [(int(i), tuple(c.tolist())) for i, c in zip(batch["image_ids"],
+                                                              batch["captions"], strict=True)]
+    every = [(int(i), tuple(c.tolist())) for b in data.train_batches(3, 100, seed=1)
+             for i, c in zip(b["image_ids"], b["captions"], strict=True)]
+    assert sorted(seen) == sorted(every)  # each training caption exactly once
+    resumed = list(data.train_batches_by_image(3, 3, seed=1, start=1))
+    assert all(torch.equal(a["captions"], b["captions"]) for a, b in
+               zip(batches[1:], resumed, strict=True))
+    assert data.place("cpu") == "host"  # nothing moves on a CPU run
