@@ -81,7 +81,7 @@ else
     step vqa            50 "$py" benchmarks/vqa.py $d
     step features       40 "$py" benchmarks/features.py --cpu-batches 0
     step finetune_input 40 "$py" benchmarks/finetune_input.py $d
-    step training_step  60 "$py" benchmarks/training_step.py $d
+    step training_step  60 "$py" benchmarks/training_step.py $d --throughput "$out/throughput.json"
     step cuda_tests     60 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider $gpu_tests
 fi
 echo "all steps in $((SECONDS - started)) s; tables in $out" | tee -a "$log"

@@ -19,6 +19,7 @@ Run: ``python benchmarks/training_step.py [--device cpu|cuda] [--check]``.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -187,8 +188,13 @@ def precision_rows(device: torch.device, repeats: int, check: bool) -> list[tupl
                     if i:
                         samples.append(time.perf_counter() - t0)
             times[name] = 1e3 * statistics.median(samples)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(batch)
+        achieved = 3 * counter.get_total_flops() / (times["bf16"] / 1e3)  # FLOP/s, fwd + bwd
         rows.append((f"{baseline}/{variant}, d {d}, batch {batch_size}", times["fp32"],
-                     times["bf16"]))
+                     times["bf16"], achieved))
     return rows
 
 
@@ -229,6 +235,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--check", action="store_true", help="tiny sizes: does it run")
+    parser.add_argument("--throughput", type=Path, default=None,
+                        help="CUDA: write the measured share of the bf16 peak here (JSON)")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -242,10 +250,21 @@ def main() -> None:
         print(f"| {task} | {steps} | {count} | {count / steps:.1f} |")
     print("\n(the loop's one read per log line / checkpoint / epoch end is not in these counts)")
     if gpu or args.check:
-        print("\n| one XE training step | fp32 ms | bf16 autocast ms | fp32 / bf16 |")
-        print("|---|---|---|---|")
-        for case, fp32, bf16 in precision_rows(device, repeats, args.check):
-            print(f"| {case} | {fp32:.1f} | {bf16:.1f} | **{fp32 / bf16:.2f}x** |")
+        print("\n| one XE training step | fp32 ms | bf16 autocast ms | fp32 / bf16 | bf16 TFLOP/s |")
+        print("|---|---|---|---|---|")
+        rows = precision_rows(device, repeats, args.check)
+        for case, fp32, bf16, achieved in rows:
+            print(f"| {case} | {fp32:.1f} | {bf16:.1f} | **{fp32 / bf16:.2f}x** | "
+                  f"{achieved / 1e12:.1f} |")
+        if gpu and args.throughput:
+            from mia.plan import PEAK
+
+            share = statistics.mean(r[3] for r in rows) / PEAK
+            args.throughput.write_text(json.dumps({
+                "device": torch.cuda.get_device_name(device), "utilisation": {
+                    "captioning XE: LSTM decoders + MIA": round(share, 4)}}, indent=1))
+            print(f"\nshare of the bf16 peak written to {args.throughput} (mia plan "
+                  "--throughput)")
     rows, modes = decoding_rows(device, repeats, args.check or not gpu)
     print("\n| decoding (16 steps) | " + " | ".join(f"{m} ms" for m in modes)
           + " | same captions |")

@@ -169,7 +169,7 @@ class StepRecord:
         """The recorded steps, in order (one device-to-host transfer), and forget them."""
         if not self._steps:
             return []
-        rows = torch.stack(self._values).cpu().tolist()
+        rows = torch.stack(self._values).tolist()  # the one transfer
         out = [FlushedStep(step, loss, bool(loss_ok), bool(ok))
                for step, (loss, loss_ok, ok) in zip(self._steps, rows, strict=True)]
         self._values, self._steps = [], []

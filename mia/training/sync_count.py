@@ -6,7 +6,7 @@ indexing), waits for all queued kernels. ``torch.cuda.set_sync_debug_mode`` repo
 GPU only; this counter finds the same calls on the CPU, where the tests run:
 
 * a ``TorchDispatchMode`` sees ``aten._local_scalar_dense`` (what ``.item()``, ``bool`` and
-  ``float`` call) and the value-dependent-size operators;
+  ``float`` call), the value-dependent-size operators and indexing with a boolean mask;
 * ``Tensor.tolist``, ``Tensor.numpy`` (not dispatched) and ``Tensor.cpu`` (a no-op on the CPU,
   a device-to-host copy that waits on CUDA) are wrapped while counting.
 
@@ -83,6 +83,9 @@ class SyncCounter(TorchDispatchMode):
         if name in _SYNCING_OPS or overload in _SYNCING_OPS:
             first = next((a for a in args if isinstance(a, torch.Tensor)), None)
             self._record(f"aten.{overload}", None if first is None else first.device)
+        elif name in ("index", "index_put", "index_put_") and len(args) > 1 and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ()):
+            self._record(f"aten.{overload} with a boolean mask", args[0].device)
         return func(*args, **(kwargs or {}))
 
     def __enter__(self) -> SyncCounter:

@@ -270,7 +270,7 @@ class VQATask(TrainingTask):
     def _settle_scores(self) -> None:
         """Add the pending per-step score sums, in step order, on the host (one transfer)."""
         if self._score_pending:
-            for value in torch.stack(self._score_pending).cpu().tolist():
+            for value in torch.stack(self._score_pending).tolist():
                 self._score_sum += value
             self._score_pending = []
 
