@@ -133,6 +133,9 @@ class SCSTTask(TrainingTask):
         model = build_captioner(self.captioner, len(self.words))
         model.load_state_dict(ck["model"])
         self.model = model.to(device).train()
+        place = getattr(data, "place", None)
+        if callable(place):  # features on the GPU when they fit (mia.data.loaders)
+            log.info("features: %s", place(device))
         self.xe = {"epoch": ck.get("epoch"), "val_cider": ck.get("val_cider")}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                           eps=cfg.eps, weight_decay=cfg.weight_decay,

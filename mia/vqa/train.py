@@ -212,6 +212,9 @@ class VQATask(TrainingTask):
             found = model.init_word_vectors(glove, data.question_vocab, self.concept_words)
             log.info("GloVe %s: %s", glove, found)
         self.model = model.to(resolve_device(cfg.device))
+        place = getattr(data, "place", None)
+        if callable(place):  # features on the GPU when they fit (mia.data.loaders)
+            log.info("features: %s", place(self.device))
         self.optimizer = torch.optim.Adamax(
             [p for p in self.model.parameters() if p.requires_grad], lr=learning_rate(cfg, 1),
             betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
