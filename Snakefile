@@ -2,25 +2,36 @@
 # Read it as a table of contents; each stage is one file in rules/, each job's work is one
 # `mia` function called from workflow_scripts/. See config.yaml for what gets built.
 
+import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from mia.config import read_config_file
+from mia.config import ConfigError, check_config, read_config
 
 min_version("9.0")
 
-# Snakemake reports a config file it cannot parse without its name or line; read config.yaml
-# first so a syntax error or an empty file is reported as path:line:column (mia config check
-# does the same for overrides, and `make demo` runs it).
-if Path("config.yaml").exists():
-    read_config_file("config.yaml")
+# Snakemake reports a config file it cannot parse without its name or line, and keeps the second
+# of a key written twice; read config.yaml first so either is reported as path:line (mia config
+# check does the same, and `make demo` runs it).
+try:
+    BASE_CONFIG = [read_config("config.yaml")] if Path("config.yaml").exists() else []
+except ConfigError as err:
+    sys.exit(str(err))
 
 
 configfile: "config.yaml"
 
 
-validate(config, schema="schemas/config.schema.yaml")
+# One validation for `mia config check` and the workflow (mia.config.check_config): the schema,
+# then what the rules and the dataclasses would refuse later, each error one line naming the file,
+# line and key. Jobs (Slurm, subprocesses) skip it: the main process checked the same config.
+if workflow.is_main_process:
+    try:
+        CONFIG_FILES = BASE_CONFIG + [read_config(f) for f in workflow.overwrite_configfiles]
+        check_config(config, CONFIG_FILES, source=" + ".join(str(f.path) for f in CONFIG_FILES))
+    except ConfigError as err:
+        sys.exit(str(err))
 
 
 report: "report/workflow.rst"

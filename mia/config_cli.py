@@ -2,27 +2,28 @@
 
 Snakemake reports a config file that does not parse only as "Config file is not valid JSON or
 YAML", without the file or the line; this command (which ``make demo`` runs before Snakemake)
-names both, and then checks the merged config against the schema, naming the dotted key.
+names both, and then runs :func:`mia.config.check_config` on the merged config, the same
+function the Snakefile runs: the schema, and every check the rules and the dataclasses would run
+later. Success is one plain line on stdout; an error is ``mia: error: FILE:LINE: KEY: problem``.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from mia.config import REPO_ROOT, load_config
-
-log = logging.getLogger(__name__)
 
 
 def _check(args: argparse.Namespace) -> int:
     paths = list(args.files)
     if not args.no_base and (not paths or paths[0].resolve() != REPO_ROOT / "config.yaml"):
         paths.insert(0, REPO_ROOT / "config.yaml")  # as the Snakefile's `configfile:` does
-    config = load_config(paths)
-    log.info("%s: valid (name %r, %d tables selected)", " + ".join(map(str, paths)),
-             config["name"], len(config["report"]["tables"]))
+    config = load_config(paths, full=True)
+    tables = config["report"]["tables"]
+    runs = {run for table in tables for run in config["tables"][table]["runs"]}
+    print(f"{' + '.join(map(str, paths))}: valid (name {config['name']!r}; {len(tables)} tables, "
+          f"{len(runs)} runs selected)")
     return 0
 
 

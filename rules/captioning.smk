@@ -31,6 +31,8 @@ rule train_captioner:
     params:
         model=lambda wc: caption_settings(wc.baseline, "model"),
         train=lambda wc: caption_settings(wc.baseline, "train"),
+        # SCST continues the XE optimiser (scst.optimizer_state: carry): keep it in model.pt
+        keep_optimizer_state=lambda wc: "scst" in stages(f"captioning/{wc.baseline}/base"),
         checkpoints=f"{R}/runs/captioning/{{baseline}}/{{variant}}/s{{seed}}/xe/checkpoints",
         images_root=raw("images"),
         data_root=ROOT,

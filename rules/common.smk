@@ -3,6 +3,7 @@
 import os
 import sys
 
+from mia.config_checks import baseline_settings
 from mia.variants import VARIANT_PATTERN
 
 
@@ -92,8 +93,7 @@ def caption_stage(baseline):
 
 def caption_settings(baseline, section):
     """`captioning.<section>` (model, train or scst) with the baseline's own overrides on top."""
-    own = config["captioning"]["baselines"][baseline].get(section, {})
-    return {**config["captioning"][section], **own}
+    return baseline_settings(config, "captioning", baseline, section)
 
 
 def final_caption_model(wildcards):
@@ -221,6 +221,22 @@ VQA_QUESTIONS = {
     s: raw(f"vqa/v2_OpenEnded_mscoco_{s}2014_questions.json") for s in ("train", "val")
 }
 VQA_ANNOTATIONS = {s: raw(f"vqa/v2_mscoco_{s}2014_annotations.json") for s in ("train", "val")}
+
+
+def vqa_extra_questions(wildcards):
+    """The test question files `preprocess.vqa` reads for its vocabulary or BAN's tf-idf
+    (test2015, test-dev2015: the references' dictionary), keyed `extra_<name>`."""
+    cfg = config["preprocess"]["vqa"]
+    names = [*cfg.get("vocabulary_questions", []), *cfg.get("tfidf_questions", [])]
+    extra = [n for n in dict.fromkeys(names) if n not in ("train", "val")]
+    if extra and DEMO and not config["vqa"]["server"]["enabled"]:
+        raise ValueError(
+            f"preprocess.vqa reads the {extra} questions, which the demo world only generates "
+            "with vqa.server.enabled: true; enable it or keep those lists to [train, val]"
+        )
+    return {f"extra_{n}": raw(f"vqa/v2_OpenEnded_mscoco_{n}_questions.json") for n in extra}
+
+
 INSTANCES = [raw(f"annotations/instances_{s}2014.json") for s in ("train", "val")]
 
 
@@ -275,8 +291,7 @@ def caption_inputs(wildcards):
 
 def vqa_settings(baseline, section):
     """`vqa.<section>` (model or train) with the baseline's own overrides on top."""
-    own = config["vqa"]["baselines"][baseline].get(section, {})
-    return {**config["vqa"][section], **own}
+    return baseline_settings(config, "vqa", baseline, section)
 
 
 def vqa_inputs(wildcards):

@@ -25,6 +25,7 @@ rule build_caption_store:
 
 rule build_vqa_store:
     input:
+        unpack(vqa_extra_questions),
         train_questions=VQA_QUESTIONS["train"],
         val_questions=VQA_QUESTIONS["val"],
         train_annotations=VQA_ANNOTATIONS["train"],

@@ -15,7 +15,7 @@ from PIL import Image
 from test_captioning_model import tiny_batch
 
 from mia.captioning.beam import PAD
-from mia.captioning.config import CaptionerConfig
+from mia.captioning.config import CaptionerConfig, CNNConfig
 from mia.captioning.decode import caption_split
 from mia.captioning.finetune import (
     CNN_GROUP,
@@ -118,7 +118,7 @@ def test_grid_cnn_is_the_trunk_children_5_on(image_paths):
 
 def test_cnn_trains_layers_2_to_4_only_after_the_epoch(image_paths):
     torch.manual_seed(0)
-    model = build_captioner(_cfg(after=1), VOCAB)
+    model = build_captioner(_cfg(after=1, batchnorm="eval"), VOCAB)
     assert model.cnn is not None
     groups = parameter_groups(model, 5e-4)
     cnn_group = next(g for g in groups if g["name"] == CNN_GROUP)
@@ -153,6 +153,43 @@ def test_cnn_trains_layers_2_to_4_only_after_the_epoch(image_paths):
     for child in ("tuned.0.", "tuned.1.", "tuned.2."):  # layer2, layer3, layer4
         assert any(k.startswith(child) and k.endswith("conv1.weight") for k in changed), child
     assert optimizer.param_groups[1]["lr"] == 1e-5
+
+
+def test_released_batchnorm_trains_in_every_layer_from_epoch_1(image_paths):
+    """``cnn.batchnorm: train`` (Train.py's ``Model.train()``): from epoch 1, before any CNN
+    weight trains, every BatchNorm of the ResNet (conv1's and layer1's too) normalises with batch
+    statistics and updates its running ones; no weight moves until fine-tuning starts; eval
+    mode uses the running statistics again."""
+    assert CNNConfig().batchnorm == "train"  # the released default of the CNN's config
+    torch.manual_seed(0)
+    model = build_captioner(_cfg(after=1, batchnorm="train"), VOCAB)
+    optimizer = torch.optim.Adam(parameter_groups(model, 5e-4), betas=(0.8, 0.999))
+    images = CaptionImages(image_paths, model.cfg.cnn_config(), train=True)
+    assert cnn_epoch_start(model, 1) is False
+    model.train()
+    assert all(m.training for m in model.cnn.modules())
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        batch_stats = model.cnn(pixels)
+    before = _snapshot(model.cnn)
+    for batch in with_images(iter(_batches()), images, workers=0, seed=1, epoch=1):
+        _step(model, optimizer, batch)
+    changed = _changed(before, model.cnn)
+    assert any(k.startswith("frozen.1.running_") for k in changed)  # bn1, never trained
+    assert any(k.startswith("tuned.") and "running_" in k for k in changed)
+    assert all("running_" in k or k.endswith("num_batches_tracked") for k in changed), changed
+    model.eval()
+    assert not any(m.training for m in model.cnn.modules())
+    with torch.no_grad():
+        assert not torch.allclose(model.cnn(pixels), batch_stats, atol=1e-3)
+    # The alternative keeps the untrained layers' statistics fixed: nothing changes in epoch 1.
+    torch.manual_seed(0)
+    kept = build_captioner(_cfg(after=1, batchnorm="eval"), VOCAB)
+    cnn_epoch_start(kept, 1)
+    kept.train()
+    assert not any(m.training for m in kept.cnn.modules() if m is not kept.cnn)
+    with pytest.raises(ValueError, match="batchnorm"):
+        CNNConfig(batchnorm="frozen")
 
 
 def test_checkpoint_round_trip_keeps_the_cnn():

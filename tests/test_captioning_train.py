@@ -201,7 +201,7 @@ def test_fine_tuning_trains_cnn_layers_from_the_configured_epoch(tmp_path):
     captioner = {**toy_config().captioner.__dict__, "feature_dim": 512, "variant": "base",
                  "fine_tune_cnn_after_epoch": 1,
                  "cnn": {"backbone": "resnet18", "pretrained": False, "resize": 40, "crop": 32,
-                         "workers": 0}}
+                         "workers": 0, "batchnorm": "eval"}}
     cfg = toy_config(captioner=captioner, epochs=1)
     seed_everything(cfg.seed)
     initial = build_captioner(cfg.captioner, len(WORDS)).state_dict()
@@ -275,6 +275,98 @@ def test_training_on_real_loader_and_stores_matches_in_memory_toy(tmp_path):
 # ---------------------------------------------------------------- checkpoints and resume
 
 
+# ---------------------------------------------------------------- the released recipe's quirks
+
+
+def _task_without_dropout(**overrides):
+    from mia.captioning.train import CaptionXETask
+
+    captioner = {**toy_config().captioner.__dict__, "dropout": 0.0, "mia_dropout": 0.0,
+                 "mia_attention_dropout": 0.0}
+    return CaptionXETask(toy_config(captioner=captioner, **overrides), ToyCaptionData())
+
+
+def _manual_step(model, optimizer, batch) -> None:
+    from mia.captioning.models import trim_captions
+    from mia.captioning.train import caption_loss
+
+    batch = trim_captions(batch)
+    optimizer.zero_grad()
+    caption_loss(model(batch), batch["captions"][:, 1:], 0.1).backward()
+
+
+def test_weight_clamp_bounds_decoder_parameters_before_each_step():
+    """Train.py: backward, then ``p.data.clamp_(-0.1, 0.1)`` for every decoder parameter (the word
+    embedding shared with the concepts included), then Adam's step; the visual projection and
+    MIA are not clamped. Worked by hand on a copy of the model."""
+    import copy
+
+    torch.manual_seed(0)
+    task = _task_without_dropout(**RELEASED)
+    model = task.model
+    by_hand = copy.deepcopy(model)
+    adam = torch.optim.Adam(by_hand.parameters(), lr=task.cfg.lr, betas=task.cfg.betas)
+    assert model.decoder.embedding.weight.abs().max() > 1  # N(0, 1): far outside the bound
+    assert model.encoder.word_embedding.weight is model.decoder.embedding.weight  # tied
+    batch = next(iter(task.batches(1, 0)))
+    task.start_epoch(1)
+    task.set_learning_rate(1, 0)
+    loss, _ = task.loss(batch, 1)
+    task.optimizer.zero_grad()
+    loss.backward()
+    task.optimizer.step()
+
+    _manual_step(by_hand, adam, batch)
+    with torch.no_grad():
+        for p in by_hand.decoder.parameters():
+            p.clamp_(-0.1, 0.1)
+    adam.step()
+    for (name, a), b in zip(model.named_parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
+    lr = task.cfg.lr  # Adam moves a weight by at most ~lr per step
+    assert all(p.abs().max() <= 0.1 + 2 * lr for p in model.decoder.parameters())
+    assert model.encoder.visual_proj[1].weight.abs().max() > 0.5  # the encoder is not clamped
+    assert max(p.abs().max() for p in model.encoder.mia.parameters()) > 0.5
+
+
+def test_optimizer_rebuilt_each_epoch_equals_a_new_adam():
+    """Train.py builds ``torch.optim.Adam(params, ...)`` at every epoch start: zero moments and
+    step counts. Resuming inside an epoch (last.pt's extra state) does not rebuild it again."""
+    import copy
+
+    from mia.captioning.train import reset_optimizer_state
+
+    torch.manual_seed(0)
+    task = _task_without_dropout(rebuild_optimizer_each_epoch=True)
+    batches = list(task.batches(1, 0))
+    task.start_epoch(1)
+    for batch in batches[:2]:
+        _manual_step(task.model, task.optimizer, batch)
+        task.optimizer.step()
+    assert task.optimizer.state
+    resumed = task.extra_state()
+    task.load_extra_state({"optimizer_epoch": 1})
+    task.start_epoch(1)  # epoch 1 resumed mid-way: moments kept
+    assert task.optimizer.state and resumed == {"optimizer_epoch": 1}
+    by_hand = copy.deepcopy(task.model)
+    task.start_epoch(2)  # a new epoch: a new Adam
+    assert not task.optimizer.state
+    new_adam = torch.optim.Adam(by_hand.parameters(), lr=task.cfg.lr, betas=task.cfg.betas)
+    for model, opt in ((task.model, task.optimizer), (by_hand, new_adam)):
+        _manual_step(model, opt, batches[2])
+        opt.step()
+    for a, b in zip(task.model.parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # The CNN's optimiser group (its own Adam in Train.py, built once) keeps its state.
+    w1, w2 = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.Adam([{"params": [w1], "name": "captioner"},
+                            {"params": [w2], "name": "cnn"}])
+    (w1.sum() + w2.sum()).backward()
+    opt.step()
+    reset_optimizer_state(opt, skip_group="cnn")
+    assert w1 not in opt.state and w2 in opt.state
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     atomic_save({"step": 1}, path)
@@ -291,9 +383,13 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-def _run(out_dir: Path, stop_at_step: int | None = None,
-         signum: int = signal.SIGTERM) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+#: The released recipe's quirks (docs/RECIPE.md): weight clamp and Adam rebuilt every epoch.
+RELEASED = {"weight_clamp": 0.1, "rebuild_optimizer_each_epoch": True, "grad_clip_norm": 0.0}
+
+
+def _run(out_dir: Path, stop_at_step: int | None = None, signum: int = signal.SIGTERM,
+         recipe: str = "ours") -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MIA_TEST_RECIPE": recipe}
     if stop_at_step is not None:
         env["MIA_TEST_SIGNAL_AT_STEP"] = f"{stop_at_step}:{int(signum)}"
     return subprocess.run([sys.executable, __file__, str(out_dir)], env=env, capture_output=True,
@@ -304,22 +400,26 @@ def _strip_wall(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.endswith("wall_s")} for row in history]
 
 
-def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("recipe", ["ours", "released"])
+def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path, recipe):
+    """Also with the released recipe: a resumed epoch must not rebuild Adam a second time, and
+    an epoch resumed at its start must rebuild it (the stops land at both)."""
     torch.set_num_threads(1)  # as in the subprocesses, so float sums run in the same order
-    train_captioner(toy_config(), ToyCaptionData(), tmp_path / "straight")
+    overrides = RELEASED if recipe == "released" else {}
+    train_captioner(toy_config(**overrides), ToyCaptionData(), tmp_path / "straight")
 
     run_dir = tmp_path / "interrupted"
     # SIGTERM mid-epoch (epoch 2, batch 1), then Slurm's warning signal SIGUSR1 on the last batch
     # of epoch 3 (just before its validation).
     for stop_at, signum, epoch, batch in ((5, signal.SIGTERM, 2, 1),
                                           (12, signal.SIGUSR1, 3, BATCHES_PER_EPOCH)):
-        stopped = _run(run_dir, stop_at_step=stop_at, signum=signum)
+        stopped = _run(run_dir, stop_at_step=stop_at, signum=signum, recipe=recipe)
         assert stopped.returncode == PREEMPTED_EXIT_CODE, stopped.stderr
         progress = load_checkpoint(run_dir / "last.pt")["state"]
         assert (progress["global_step"], progress["epoch"], progress["step_in_epoch"]) == (
             stop_at, epoch, batch)
         assert not list(run_dir.glob("*.tmp-*"))
-    resumed = _run(run_dir)
+    resumed = _run(run_dir, recipe=recipe)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at epoch 3, batch 4" in resumed.stderr
 
@@ -332,7 +432,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
         assert wa.keys() == wb.keys()
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     # A finished run restarted does nothing and reports the same result.
-    again = _run(run_dir)
+    again = _run(run_dir, recipe=recipe)
     assert again.returncode == 0 and json.loads((run_dir / "history.json").read_text()) == b
     model, vocab = load_captioner(run_dir / "best.pt")
     assert vocab == WORDS and not model.training
@@ -359,8 +459,9 @@ def _main(out_dir: str) -> int:
                 yield batch
 
         data.train_batches = train_batches  # type: ignore[method-assign]
+    overrides = RELEASED if os.environ.get("MIA_TEST_RECIPE") == "released" else {}
     try:
-        train_captioner(toy_config(), data, out_dir)
+        train_captioner(toy_config(**overrides), data, out_dir)
     except Preempted as preempted:
         logging.info("preempted: %s", preempted)
         return preempted.exit_code

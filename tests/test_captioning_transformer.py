@@ -224,3 +224,51 @@ def test_demo_images_are_eight_distinct_captions():
     batch, vocab = demo_images()
     assert batch["captions"].shape[0] == 8 and len(set(map(tuple, batch["captions"].tolist()))) == 8
     assert batch["feature_mask"].any(1).all() and not batch["feature_mask"].all()
+
+
+# ---------------------------------------------------------------- LayerNorm (issue 21, item 2)
+
+
+def test_reference_layer_norm_by_hand_in_float64():
+    """self-critical.pytorch's LayerNorm: a (x - mean) / (unbiased std + eps) + b, worked out by
+    hand; nn.LayerNorm (biased variance, eps under the root) is measurably another function."""
+    from mia.captioning.transformer import ReferenceLayerNorm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 8, generator=g, dtype=torch.float64) * 3 + 1
+    norm = ReferenceLayerNorm(8).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 1.5, 8))
+        norm.bias.copy_(torch.linspace(-0.2, 0.2, 8))
+    rows = x.reshape(-1, 8).tolist()
+    expected = []
+    for row in rows:
+        mean = sum(row) / 8
+        std = math.sqrt(sum((v - mean) ** 2 for v in row) / 7)  # n - 1
+        expected.append([w * (v - mean) / (std + 1e-6) + b for v, w, b in
+                         zip(row, norm.weight.tolist(), norm.bias.tolist(), strict=True)])
+    assert torch.allclose(norm(x).reshape(-1, 8), torch.tensor(expected, dtype=torch.float64),
+                          rtol=0, atol=1e-13)
+    torch_norm = nn.LayerNorm(8, eps=1e-6).double()
+    torch_norm.load_state_dict(norm.state_dict())  # same parameter names: checkpoints carry over
+    assert (torch_norm(x) - norm(x)).abs().max() > 1e-2  # sqrt(8/7): not a rounding difference
+
+
+def test_layer_norm_option_reaches_every_norm_and_changes_the_logits():
+    from mia.captioning.transformer import ReferenceLayerNorm
+
+    assert TransformerOptions().layer_norm == "reference"
+    ref = model(options={"encoder_layers": 2, "decoder_layers": 2, "heads": 2, "d_ff": 32})
+    plain = model(options={"encoder_layers": 2, "decoder_layers": 2, "heads": 2, "d_ff": 32,
+                           "layer_norm": "torch"})
+    norms = [m for m in ref.modules() if isinstance(m, ReferenceLayerNorm)]
+    # encoder: 2 per layer + final; decoder: 3 per layer + final
+    assert len(norms) == 2 * 2 + 1 + 3 * 2 + 1
+    assert not any(isinstance(m, nn.LayerNorm) for m in ref.modules())
+    assert not any(isinstance(m, ReferenceLayerNorm) for m in plain.modules())
+    plain.load_state_dict(ref.state_dict())
+    batch = tiny_batch()
+    with torch.no_grad():
+        assert not torch.allclose(ref(batch), plain(batch), atol=1e-4)
+    with pytest.raises(ValueError, match="layer_norm"):
+        TransformerOptions(layer_norm="rms")

@@ -407,3 +407,39 @@ def test_greedy_baseline_runs_in_eval_mode_without_a_graph(baseline):
     loss.backward()
     assert net.training and math.isfinite(loss.item()) and stats.sample_tokens >= 1
     assert all(p.grad is not None for p in net.decoder.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kind", ["greedy", "mean_of_others"])
+def test_per_sample_rewards_are_public_and_what_the_step_optimises(kind):
+    """``scst_rewards``: every sample's CIDEr-D and reward, worked by hand with the same draws,
+    and ``scst_step``'s loss is reward_loss of exactly those rewards (issue 21, item 6)."""
+    from mia.captioning.scst import scst_rewards
+
+    torch.manual_seed(0)
+    net = build_captioner(CaptionerConfig(baseline="updown", feature_dim=8, d_model=16,
+                                          embed_dim=12, attention_dim=10, dropout=0.0,
+                                          options={"rnn_size": 16}), len(WORDS)).train()
+    batch = tiny_batch(b=2, n=5)
+    batch["image_ids"] = torch.tensor([0, 1])
+    cfg = SCSTConfig(samples_per_image=3, max_length=6, baseline=kind)
+    scorer = scorer_for()
+    generator = torch.Generator().manual_seed(7)
+    state = generator.get_state()
+    out = scst_rewards(net, batch, scorer, cfg, generator)
+    assert out.rewards.shape == out.sample_scores.shape == out.baseline.shape == (2, 3)
+    by_hand = scorer([0, 0, 0, 1, 1, 1], out.samples.tokens).reshape(2, 3)
+    np.testing.assert_array_equal(out.sample_scores, by_hand)
+    if kind == "greedy":
+        greedy = scorer([0, 1], greedy_captions(net, batch, 6).tokens)
+        np.testing.assert_array_equal(out.greedy_scores, greedy)
+        np.testing.assert_allclose(out.rewards, by_hand - greedy[:, None], rtol=0, atol=1e-12)
+    else:
+        assert out.greedy is None and out.greedy_scores is None
+        others = (by_hand.sum(1, keepdims=True) - by_hand) / 2
+        np.testing.assert_allclose(out.rewards, by_hand - others, rtol=0, atol=1e-12)
+    generator.set_state(state)
+    loss, stats = scst_step(net, batch, scorer, cfg, generator)
+    expected = reward_loss(out.samples.log_probs, out.samples.mask,
+                           torch.from_numpy(out.rewards.reshape(-1)))
+    torch.testing.assert_close(loss, expected)
+    assert stats.reward == pytest.approx(float(out.rewards.mean()))

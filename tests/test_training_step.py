@@ -407,3 +407,19 @@ def test_inductor_compiled_step_equals_eager_on_cpu():
     batch = next(ToyCaptionData().eval_batches("val", 8))
     assert torch.equal(greedy_decode(model, batch, 6, "compiled").tokens,
                        greedy_decode(model, batch, 6).tokens)
+
+
+def test_a_fused_adam_that_loaded_a_for_each_state_still_skips_exactly():
+    """scst.optimizer_state: carry loads the XE run's Adam; from an older, for-each XE run its
+    groups say fused=False, and the guard falls back to the masked step."""
+    params = [torch.nn.Parameter(torch.randn(5))]
+    old = torch.optim.Adam(params, lr=0.1)
+    params[0].grad = torch.randn(5)
+    old.step()
+    fused = torch.optim.Adam(params, lr=0.1, **adam_options("cpu"))
+    fused.load_state_dict(old.state_dict())
+    assert not fused.param_groups[0]["fused"]
+    params[0].grad = torch.full((5,), float("nan"))
+    before = _state(params, fused)
+    step_if(fused, torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(before, _state(params, fused), strict=True))

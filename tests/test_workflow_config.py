@@ -119,7 +119,8 @@ def test_snakemake_validation_names_the_key(repo_root: Path, tmp_path: Path) -> 
     out = snakemake(repo_root, tmp_path, "-n", "--configfile", str(repo_root / "config.yaml"),
                     str(bad))
     assert out.returncode != 0
-    assert "instance['captioning']['train']['lr']" in out.stdout + out.stderr
+    # mia.config.check_config's one line (was Snakemake's schema dump, instance['captioning']...)
+    assert f"{bad}:3: captioning.train.lr: " in out.stdout + out.stderr
 
 
 def test_dry_run_plans_every_paper_run_without_downloading(repo_root: Path, tmp_path: Path

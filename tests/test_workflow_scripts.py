@@ -64,7 +64,7 @@ def fake_snakemake(stores: dict[str, str], run_dir: Path, train: dict) -> Simple
         output=SimpleNamespace(model=str(run_dir / "model.pt"),
                                history=str(run_dir / "history.json"),
                                run=str(run_dir / "run.json")),
-        params=SimpleNamespace(model=MODEL, train=train,
+        params=SimpleNamespace(model=MODEL, train=train, keep_optimizer_state=False,
                                checkpoints=str(run_dir / "checkpoints"), images_root="images",
                                data_root="."),
         wildcards=SimpleNamespace(baseline="visual_attention", variant="mia", seed="7"),

@@ -29,12 +29,3 @@ def start(smk: Any) -> logging.Logger:
 
     return setup_job_logging(smk.log[0] if smk.log else None, f"workflow.{smk.rule}")
 
-
-def finish_training(checkpoints: Path, best: Path, history_out: str, model_out: str) -> None:
-    """Publish a finished training run: ``history.json`` and the selected model, each copied
-    atomically to the rule's outputs, only now that training is complete (a half-trained run is
-    never a finished output)."""
-    from mia.io import copy_file
-
-    copy_file(Path(checkpoints) / "history.json", history_out)
-    copy_file(best, model_out)

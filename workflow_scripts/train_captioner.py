@@ -2,12 +2,13 @@
 
 The run lifecycle (checkpoints outside the outputs, fingerprint, attempts, exit 75 when
 preempted, resume on retry) is :mod:`mia.training`'s; the outputs (``model.pt`` = the val-selected
-``best.pt``, ``history.json``) are copied atomically only after the last epoch.
+``best.pt``, ``history.json``) are published whole
+(verified against the digest recorded with ``best.pt``) only after the last epoch.
 """
 
 import dataclasses
 
-from _wf import finish_training, start
+from _wf import start
 
 smk = globals()["snakemake"]
 log = start(smk)
@@ -34,19 +35,25 @@ data = CaptionData.from_stores(smk.input.captions, None if image_stores else smk
 captioner = CaptionerConfig.from_dict(
     {**smk.params.model, "baseline": smk.wildcards.baseline, "variant": smk.wildcards.variant,
      "feature_dim": feature_dim}, "config captioning.model")
-cfg = TrainConfig.from_dict({**smk.params.train, "seed": int(smk.wildcards.seed),
-                             "captioner": captioner}, "config captioning.train")
+train = dict(smk.params.train)
+train["keep_optimizer_state"] = bool(train.get("keep_optimizer_state")
+                                     or smk.params.keep_optimizer_state)
+cfg = TrainConfig.from_dict({**train, "seed": int(smk.wildcards.seed), "captioner": captioner},
+                            "config captioning.train")
 inputs = {"captions": smk.input.captions, "features": smk.input.features,
           "concepts": smk.input.concepts}
 # What `mia visualize attention --run DIR` needs to find this run's data again.
 write_json(smk.output.run, {"run": f"captioning/{captioner.baseline}/{captioner.variant}",
                             "seed": cfg.seed, "inputs": inputs,
                             "images_root": smk.params.images_root})
-run_dir = RunDirectory(smk.params.checkpoints, fingerprint(dataclasses.asdict(cfg), inputs))
+# A rebuilt image store (fine-tuning runs) changes the run like a rebuilt feature store.
+images = dict(zip(("image_train", "image_eval"), image_stores or (), strict=False))
+run_dir = RunDirectory(smk.params.checkpoints,
+                       fingerprint(dataclasses.asdict(cfg), {**inputs, **images}))
 stores = ", ".join(f"{k} store {v}" for k, v in inputs.items())
 result = run_training_job(
     run_dir, lambda: train_captioner(cfg, data, run_dir.path, inputs=stores,
                                      image_stores=image_stores), log,
-    f"{captioner.baseline}/{captioner.variant} for {cfg.epochs} epochs")
+    f"{captioner.baseline}/{captioner.variant} for {cfg.epochs} epochs",
+    publish=(smk.output.history, smk.output.model))
 log.info("best val CIDEr-D %.4f at epoch %d", result.best_score, result.best_epoch)
-finish_training(run_dir.path, result.best_path, smk.output.history, smk.output.model)

@@ -4,12 +4,13 @@ Same contract as train_captioner.py (:mod:`mia.training`): checkpoints outside t
 fingerprint over the SCST config and every input file (stores, the XE model, the document
 frequencies), so a changed config or a retrained XE model never resumes a stale checkpoint;
 exit 75 when preempted and resume on the retry; ``model.pt`` (the val-selected ``best.pt``) and
-``history.json`` copied atomically only after the last epoch.
+``history.json`` published whole (verified against the digest of ``best.pt``)
+only after the last epoch.
 """
 
 import dataclasses
 
-from _wf import finish_training, start
+from _wf import start
 
 smk = globals()["snakemake"]
 log = start(smk)
@@ -35,10 +36,10 @@ result = run_training_job(
     run_dir,
     lambda: train_scst(cfg, data, smk.input.xe_model, run_dir.path,
                        smk.input.document_frequency, inputs=stores),
-    log, f"SCST of {smk.wildcards.baseline}/{smk.wildcards.variant} for {cfg.epochs} epochs")
+    log, f"SCST of {smk.wildcards.baseline}/{smk.wildcards.variant} for {cfg.epochs} epochs",
+    publish=(smk.output.history, smk.output.model))
 if result.best_epoch == 0:
     log.warning("no SCST epoch beat the XE model's val CIDEr-D %.4f: the stage keeps the XE "
                 "weights (lower the SCST learning rate or train XE longer)", result.best_score)
 else:
     log.info("best val CIDEr-D %.4f at SCST epoch %d", result.best_score, result.best_epoch)
-finish_training(run_dir.path, result.best_path, smk.output.history, smk.output.model)

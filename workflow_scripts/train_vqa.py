@@ -4,13 +4,13 @@ train_vqa trains on the train answers and selects the epoch of the best official
 train_vqa_trainval (the evaluation-server runs) trains on train + val and keeps the last epoch
 (``params.train`` then has ``train_splits: [train, val]``). The run lifecycle (checkpoints
 outside the outputs, fingerprint of config + stores + GloVe, attempts, exit 75 when preempted,
-resume on retry) is :mod:`mia.training`'s; ``model.pt`` and ``history.json`` are copied atomically
-only after the last epoch.
+resume on retry) is :mod:`mia.training`'s; ``model.pt`` and ``history.json`` are published whole
+(verified against the digest of ``best.pt``) only after the last epoch.
 """
 
 import dataclasses
 
-from _wf import finish_training, start
+from _wf import start
 
 smk = globals()["snakemake"]
 log = start(smk)
@@ -42,7 +42,8 @@ result = run_training_job(
     run_dir, lambda: train_vqa(cfg, data, run_dir.path, glove=inputs.get("glove"), inputs=stores,
                                val_questions=inputs.get("val_questions"),
                                val_annotations=inputs.get("val_annotations")),
-    log, f"vqa/{model.baseline}/{model.variant} {mode} for {cfg.epochs} epochs")
+    log, f"vqa/{model.baseline}/{model.variant} {mode} for {cfg.epochs} epochs",
+    publish=(smk.output.history, smk.output.model))
 if cfg.validates:
     best = result.history[result.best_epoch - 1]
     log.info("best official val accuracy %.2f at epoch %d (%s)", result.best_score,
@@ -52,4 +53,3 @@ if cfg.validates:
 else:
     log.info("trained on %s; keeping the last epoch (%d)", "+".join(cfg.train_splits),
              result.best_epoch)
-finish_training(run_dir.path, result.best_path, smk.output.history, smk.output.model)

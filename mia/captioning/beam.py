@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mia.captioning.step_capture import decoder_step, early_exit
+from mia.dtypes import at_least_float32
 
 # Caption vocabulary layout fixed by docs/CONTRACTS.md.
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -50,7 +51,7 @@ class Decoded:
 
 def _log_probs(logits: Tensor) -> Tensor:
     """Log-softmax with ``<pad>`` and ``<bos>`` excluded: they are never a next word."""
-    logits = logits.float().clone()
+    logits = at_least_float32(logits).clone()
     logits[..., PAD] = float("-inf")
     logits[..., BOS] = float("-inf")
     return logits.log_softmax(dim=-1)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -32,7 +33,8 @@ MIA_MODES: dict[str, dict[str, Any]] = {
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``values``; unknown keys raise a ValueError naming them."""
+    """Build dataclass ``cls`` from ``values``; unknown keys and NaN or infinite numbers (which
+    pass every ``<= 0`` check) raise a ValueError naming them."""
     if not isinstance(values, Mapping):
         raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(values)}")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -40,6 +42,10 @@ def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") ->
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; "
                          f"expected some of {sorted(names)}")
+    for key, value in values.items():
+        numbers = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+            raise ValueError(f"{where}.{key}: must be a finite number, got {value}")
     return cls(**values)  # type: ignore[call-arg]
 
 
@@ -52,6 +58,11 @@ class CNNConfig:
     resized to 256 x 256 (``resize_images.py``), then a random 224 crop and a horizontal flip for
     training, a plain 224 x 224 resize for evaluation (``Test.py``). ``workers`` decode images in
     DataLoader processes. ``weights_path`` is a local ImageNet ``state_dict`` for offline nodes.
+
+    ``batchnorm``: ``train`` (released: ``Model.train()`` puts the whole ResNet in training mode
+    from epoch 1, so every BatchNorm normalises with batch statistics and updates its running
+    ones, also in layers no optimiser trains and before fine-tuning starts) or ``eval`` (the
+    untrained layers, and all of them until fine-tuning starts, keep their ImageNet statistics).
     """
 
     backbone: str = "resnet152"
@@ -66,6 +77,7 @@ class CNNConfig:
     flip: bool = True
     workers: int = 4
     seed: int = 0  # random weights only (pretrained: false)
+    batchnorm: Literal["train", "eval"] = "train"  # released
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -77,6 +89,9 @@ class CNNConfig:
             raise ValueError(f"captioner.cnn.crop ({self.crop}) exceeds resize ({self.resize})")
         if self.workers < 0:
             raise ValueError(f"captioner.cnn.workers must be >= 0, got {self.workers}")
+        if self.batchnorm not in ("eval", "train"):
+            raise ValueError(f"captioner.cnn.batchnorm: {self.batchnorm!r} is not 'train' "
+                             "(released: every BatchNorm in training mode) or 'eval'")
 
 
 @dataclass
@@ -139,6 +154,9 @@ class CaptionerConfig:
         for key, value in MIA_MODES[self.mia_mode].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.uses_mia and (self.mia_heads < 1 or self.d_model % self.mia_heads):
+            raise ValueError(f"captioner.mia_heads: MIA's {self.mia_heads} heads must divide its "
+                             f"width captioner.d_model={self.d_model}")
         if self.fine_tune_cnn_after_epoch is not None and self.fine_tune_cnn_after_epoch < 0:
             raise ValueError("captioner.fine_tune_cnn_after_epoch: must be >= 0 or null, got "
                              f"{self.fine_tune_cnn_after_epoch}")
@@ -189,6 +207,17 @@ class TrainConfig:
     Gradients: ``grad_clip_value`` clamps every element (self-critical.pytorch: 0.1), then
     ``grad_clip_norm`` clips the global norm (0 disables either).
 
+    The released MIA recipe (``Train.py``; docs/RECIPE.md), each off by default here and on in
+    the paper config for the Table 1/4 captioners:
+
+    * ``weight_clamp``: before every optimiser step, every DECODER parameter (the word embedding
+      shared with the concepts included; not the visual projection, MIA or the CNN) is clamped
+      to ``[-weight_clamp, weight_clamp]`` (``p.data.clamp_(-0.1, 0.1)``; 0 disables);
+    * ``rebuild_optimizer_each_epoch``: the captioner's Adam starts every epoch with zero
+      moments and step counts (the released code builds a new ``torch.optim.Adam`` per epoch;
+      the CNN's optimiser is built once and kept). Exactly resumable: a resumed epoch does not
+      rebuild again.
+
     ``batch_by``: ``caption`` (``batch_size`` captions drawn freely, the released loader) or
     ``image`` (``batch_size / 5`` images with all their captions, self-critical.pytorch's
     ``seq_per_img``; :mod:`mia.captioning.finetune` says what it changes); ``auto``: ``image``
@@ -230,6 +259,11 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # non-finite loss/gradient steps skipped before training fails
     device: str = "auto"  # "auto" = cuda when available
     progress: bool | Literal["auto"] = "auto"  # progress bars: on a terminal only by default
+    # best.pt also holds the optimiser state of its epoch, which an SCST stage carries over
+    # (scst.optimizer_state: carry); the workflow sets it for baselines with an SCST stage.
+    keep_optimizer_state: bool = False
+    weight_clamp: float = 0.0  # released: 0.1 (decoder parameters, before each step)
+    rebuild_optimizer_each_epoch: bool = False  # released: True
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
     batch_by: Literal["auto", "caption", "image"] = "auto"
     decode_step: Literal["eager", "fixed", "compiled"] = "eager"  # validation's token loop
@@ -250,6 +284,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
         if self.lr_schedule not in ("step", "noam"):
             raise ValueError(f"train.lr_schedule: {self.lr_schedule!r} is not 'step' or 'noam'")
+        if self.weight_clamp < 0:
+            raise ValueError(f"train.weight_clamp: must be >= 0 (0 disables), got "
+                             f"{self.weight_clamp}")
         if self.lr_schedule == "noam" and self.warmup_steps < 1:
             raise ValueError("train.warmup_steps: the noam schedule needs warmup_steps >= 1")
 

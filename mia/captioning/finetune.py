@@ -35,11 +35,12 @@ up to 80 (BatchNorm statistics of the trained layers over 16 images), and an epo
 image once with its captions together instead of the captions in a free order. Every caption
 is still seen once per epoch; ``batch_by: caption`` restores the released grouping.
 
-Deliberate differences from the released code (docs/RECIPE.md): BatchNorm layers that are not
-trained stay in eval mode (there, ``Model.train()`` let every BatchNorm of the ResNet update its
-running statistics from epoch 1, even in layers no optimiser touches), and evaluation images are
-resized from the original straight to 224 x 224 (there, from the 256 x 256 copies), which is also
-how the precomputed grid features are made.
+BatchNorm follows ``cnn.batchnorm``: ``train`` is the released code's (``Model.train()`` lets
+every BatchNorm of the ResNet use batch statistics and update its running ones from epoch 1,
+even in layers no optimiser touches), ``eval`` keeps the untrained layers at their ImageNet
+statistics. A deliberate difference (docs/RECIPE.md): evaluation images are resized from the
+original straight to 224 x 224 (there, from the 256 x 256 copies), which is also how the
+precomputed grid features are made.
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ class GridCNN(nn.Module):
     """A ResNet trunk (conv1 .. layer4) turning images into grid features.
 
     ``frozen`` = ``children()[:first_trained_child]`` never trains; ``tuned`` = the rest, trained
-    once :meth:`set_trainable` is on. Until then the whole CNN runs without autograd and in eval
-    mode (fixed BatchNorm statistics), so the frozen phase costs one forward pass and changes
-    nothing in the network.
+    once :meth:`set_trainable` is on. Until then the whole CNN runs without autograd.
+    BatchNorm (``cnn.batchnorm``): ``eval`` keeps ``frozen``, and ``tuned`` until it trains, in
+    eval mode (fixed ImageNet statistics), so the frozen phase changes nothing in the network;
+    ``train`` (the released code's ``Model.train()``) lets the whole CNN follow the captioner's
+    mode, so every BatchNorm uses batch statistics and updates its running ones from epoch 1.
     """
 
     def __init__(self, cfg: CNNConfig) -> None:
@@ -87,6 +90,7 @@ class GridCNN(nn.Module):
         self.frozen = nn.Sequential(*layers[:cfg.first_trained_child])
         self.tuned = nn.Sequential(*layers[cfg.first_trained_child:])
         self.crop = cfg.crop
+        self.batchnorm = cfg.batchnorm
         self.trainable = False
         for p in self.parameters():
             p.requires_grad_(False)
@@ -103,6 +107,8 @@ class GridCNN(nn.Module):
         # The one place that decides the BatchNorm modes of the trunk (a BatchNorm train/eval
         # switch of the recipe belongs here).
         super().train(mode)
+        if self.batchnorm == "train":  # released: the whole ResNet follows Model.train()
+            return self
         self.frozen.eval()
         if not self.trainable:
             self.tuned.eval()
@@ -110,6 +116,7 @@ class GridCNN(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) normalised images -> (B, (S/32)^2, C) grid features, row-major cells."""
+        images = images.to(next(self.parameters()).dtype)  # the loader's float32 pixels
         with torch.no_grad():
             x = self.frozen(images)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):

@@ -72,7 +72,8 @@ class RegionEncoder(nn.Module):
                 order=cfg.mia_order, textual_layer_shortcut=cfg.mia_textual_layer_shortcut)
 
     def forward(self, batch: dict[str, Tensor], need_weights: bool = False) -> RegionEncoded:
-        regions = self.embed_regions(batch["features"].float())  # (B, n, d)
+        dtype = self.embed_regions[0].weight.dtype  # the parameters' (stores hand over float16)
+        regions = self.embed_regions(batch["features"].to(dtype))  # (B, n, d)
         region_mask = batch["feature_mask"].bool()  # (B, n)
         if self.mia is None:
             return RegionEncoded(regions, region_mask, None)

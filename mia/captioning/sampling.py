@@ -23,16 +23,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mia.captioning.step_capture import decoder_step, early_exit
+from mia.dtypes import at_least_float32
 
 # Caption vocabulary layout fixed by docs/CONTRACTS.md.
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 
 
 def next_word_log_probs(logits: Tensor) -> Tensor:
-    """Log-softmax over the words that may follow, in float32: ``<pad>``/``<bos>`` get -inf."""
+    """Log-softmax over the words that may follow, in at least float32 (float64 stays float64):
+    ``<pad>``/``<bos>`` get -inf."""
     banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     banned[[PAD, BOS]] = True
-    return logits.float().masked_fill(banned, float("-inf")).log_softmax(dim=-1)
+    return at_least_float32(logits).masked_fill(banned, float("-inf")).log_softmax(dim=-1)
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Rollout:
     """``k`` captions per image, rows image-major.
 
     ``tokens`` (B*k, max_length) long, ``<pad>`` after ``<eos>``; ``log_probs`` (B*k, max_length)
-    float32, the log-probability of each chosen token (0 where ``mask`` is False; carries the
+    float32 (float64 for a float64 model), the log-probability of each chosen token (0 where ``mask`` is False; carries the
     graph when sampled with grad); ``mask`` (B*k, max_length) bool, True up to and including the
     first ``<eos>``.
     """

@@ -26,6 +26,17 @@ The CIDEr-D reward (``get_self_critical_reward`` with ruotianluo/cider's ``Cider
 * so ``<eos>`` is an ordinary word for the n-grams ("w <eos>" bigrams reward good endings) and
   for the length penalty; CIDEr-D itself is coco-caption's (sigma 6, clipped counts, x10).
 
+What a model must provide (the decoder protocol, shared with beam search and
+:mod:`mia.captioning.sampling`; docs/CONTRACTS.md): ``model.encode(batch)`` -> an encoded image;
+``model.decoder.prepare(encoded)`` -> a context with ``memory`` (B, n, d) and
+``repeat_interleave(k)``; ``model.decoder.init_state(ctx)`` -> a tuple of batch-first tensors;
+``model.decoder.step(words (B,), state, ctx)`` -> (logits (B, V), new state). Every captioner of
+:mod:`mia.captioning.models` does.
+
+Public pieces: :func:`scst_rewards` (the samples of one batch with every sample's CIDEr-D,
+baseline and reward, for analysis), :func:`scst_step` (the loss built from them),
+:func:`baseline_scores`, :func:`reward_loss`, :class:`SCSTScorer`.
+
 Here the scorer is :class:`mia.evaluation.cider.CiderD`, built ONCE per run from these
 references with the document frequencies of a file computed once per captions store
 (:func:`write_store_document_frequency`, the workflow's ``cider_document_frequency`` rule:
@@ -48,7 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from mia.captioning.config import from_dict
-from mia.captioning.sampling import EOS, PAD, greedy_captions, sample_captions
+from mia.captioning.sampling import EOS, PAD, Rollout, greedy_captions, sample_captions
 from mia.captioning.step_capture import check_step_mode
 from mia.data.karpathy import KarpathyImage, read_karpathy
 from mia.evaluation.cider import CiderD, CiderDConfig, DocumentFrequency
@@ -81,6 +92,11 @@ class SCSTConfig:
     ``progress``, ``max_nonfinite_steps``, ``precision``: as
     :class:`mia.captioning.config.TrainConfig`.
 
+    ``optimizer_state``: ``carry`` (the reference) starts Adam from the XE optimiser's state saved
+    with the XE model (moments, step counts, and its betas/eps/weight decay, as
+    ``optimizer.load_state_dict`` restores them in self-critical.pytorch; ``betas``, ``eps`` and
+    ``weight_decay`` here then only apply to ``fresh``); ``fresh`` starts a new Adam.
+
     ``decode_step``: how the token loops of sampling, the greedy baseline and validation run
     (:mod:`mia.captioning.step_capture`): ``eager`` (a host check per token, the reference's
     loop), ``fixed`` (all ``max_length`` steps, no host check: one synchronisation per step, to
@@ -102,6 +118,7 @@ class SCSTConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
+    optimizer_state: Literal["carry", "fresh"] = "carry"  # the XE Adam state (reference) or new
     seed: int = 123
     val_beam_size: int = 1
     val_batch_size: int = 100
@@ -126,7 +143,9 @@ class SCSTConfig:
             raise ValueError(f"scst.samples_per_image: must be >= 1, got "
                              f"{self.samples_per_image}")
         if self.baseline == "mean_of_others" and self.samples_per_image < 2:
-            raise ValueError("scst.baseline 'mean_of_others' needs samples_per_image >= 2")
+            raise ValueError("scst.samples_per_image: the scst.baseline 'mean_of_others' needs "
+                             "samples_per_image >= 2 (each sample's baseline is the mean reward "
+                             f"of the others), got {self.samples_per_image}")
         for name in ("epochs", "batch_size", "max_length", "val_beam_size", "val_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"scst.{name}: must be >= 1, got {getattr(self, name)}")
@@ -143,6 +162,9 @@ class SCSTConfig:
         if self.grad_clip_mode not in ("value", "norm"):
             raise ValueError(f"scst.grad_clip_mode: {self.grad_clip_mode!r} is not 'value' or "
                              "'norm'")
+        if self.optimizer_state not in ("carry", "fresh"):
+            raise ValueError(f"scst.optimizer_state: {self.optimizer_state!r} is not 'carry' (the "
+                             "XE optimiser's state, as the reference) or 'fresh'")
         if self.lr_schedule not in ("constant", "plateau"):
             raise ValueError(f"scst.lr_schedule: {self.lr_schedule!r} is not 'constant' or "
                              "'plateau'")
@@ -334,21 +356,46 @@ class SCSTStats:
         return dict(self.__dict__)
 
 
-def scst_step(model: nn.Module, batch: dict[str, Tensor], scorer: SCSTScorer, cfg: SCSTConfig,
-              generator: torch.Generator | None = None,
-              image_ids: Sequence[int] | None = None) -> tuple[Tensor, SCSTStats]:
-    """The SCST loss of one image batch (call ``backward`` on it) and its statistics.
+@dataclass
+class SCSTRewards:
+    """One image batch's samples, their scores and rewards (:func:`scst_rewards`).
 
-    The model is sampled in the mode it is in (train); the greedy baseline is decoded in eval
-    mode without a graph and the mode restored. ``generator`` seeds the sampling.
-    ``image_ids``: the batch's ids as host integers when the caller has them (else read from
+    Rows are image-major: sample j of image i is row ``i * k + j`` of ``samples`` and
+    ``[i, j]`` of the score arrays. ``greedy`` / ``greedy_scores`` are None under the
+    ``mean_of_others`` baseline. ``reward_ms`` is the CIDEr-D scoring time; ``tokens`` the
+    sampled tokens already on the host (B*k, T).
+    """
+
+    image_ids: list[Hashable]
+    samples: Rollout  # (B*k, T): tokens, log_probs (with the graph), mask
+    sample_scores: np.ndarray  # (B, k) CIDEr-D of each sample
+    baseline: np.ndarray  # (B, k) what each sample is compared with
+    rewards: np.ndarray  # (B, k) sample_scores - baseline: the per-sample SCST reward
+    greedy: Rollout | None = None  # (B, T) the greedy captions of the "sc" baseline
+    greedy_scores: np.ndarray | None = None  # (B,)
+    reward_ms: float = 0.0
+    tokens: Tensor | None = None  # the samples' tokens on the host
+
+
+def scst_rewards(model: nn.Module, batch: dict[str, Tensor], scorer: SCSTScorer,
+                 cfg: SCSTConfig, generator: torch.Generator | None = None,
+                 image_ids: Sequence[Hashable] | None = None) -> SCSTRewards:
+    """Sample ``cfg.samples_per_image`` captions per image and return every sample's reward.
+
+    What :func:`scst_step` optimises, exposed for analysis (reward distributions, baselines):
+    the samples are drawn in the mode the model is in (train, dropout on), with
+    ``cfg.max_length`` steps, ``cfg.temperature`` and ``generator``; the greedy baseline
+    (``cfg.baseline == "greedy"``) is decoded in eval mode without a graph and the mode
+    restored; reward = CIDEr-D(sample) - baseline (:func:`baseline_scores`). The model must
+    follow the decoder protocol (``encode``, ``decoder.prepare``/``init_state``/``step``; see
+    docs/CONTRACTS.md). Call it under ``torch.no_grad()`` when only the numbers are wanted.
+
+    ``image_ids``: the batch's ids as host values when the caller has them (else read from
     ``batch``). The sampled and greedy tokens come to the host in ONE transfer, the step's only
     synchronisation under ``decode_step: fixed`` or ``compiled``: the reward needs them there.
     """
     k = cfg.samples_per_image
-    if image_ids is None:
-        image_ids = batch["image_ids"].tolist()
-    image_ids = [int(i) for i in image_ids]
+    image_ids = list(batch["image_ids"].tolist() if image_ids is None else image_ids)
     greedy = None
     if cfg.baseline == "greedy":
         greedy = greedy_captions(model, batch, cfg.max_length, cfg.decode_step)
@@ -366,7 +413,21 @@ def scst_step(model: nn.Module, batch: dict[str, Tensor], scorer: SCSTScorer, cf
     reward_ms = (time.perf_counter() - start) * 1e3
 
     baseline = baseline_scores(sample_scores, cfg.baseline, greedy_scores)
-    rewards = sample_scores - baseline  # (B, k)
+    return SCSTRewards(image_ids, samples, sample_scores, baseline, sample_scores - baseline,
+                       greedy, greedy_scores, reward_ms, host[:rows])
+
+
+def scst_step(model: nn.Module, batch: dict[str, Tensor], scorer: SCSTScorer, cfg: SCSTConfig,
+              generator: torch.Generator | None = None,
+              image_ids: Sequence[Hashable] | None = None) -> tuple[Tensor, SCSTStats]:
+    """The SCST loss of one image batch (call ``backward`` on it) and its statistics.
+
+    :func:`scst_rewards` draws and scores the samples; the loss is :func:`reward_loss` of their
+    log-probabilities weighted by the per-sample rewards, in float32 whatever the forward ran
+    in. The statistics come from host values: no further synchronisation.
+    """
+    out = scst_rewards(model, batch, scorer, cfg, generator, image_ids)
+    samples, rewards = out.samples, out.rewards
     device = samples.log_probs.device
     reward_tensor = torch.from_numpy(rewards.reshape(-1))
     if device.type == "cuda":
@@ -375,11 +436,11 @@ def scst_step(model: nn.Module, batch: dict[str, Tensor], scorer: SCSTScorer, cf
         loss = reward_loss(samples.log_probs.float(), samples.mask,
                            reward_tensor.to(device, non_blocking=True))
     stats = SCSTStats(
-        reward=float(rewards.mean()), baseline=float(baseline.mean()),
-        sample_cider=float(sample_scores.mean()),
-        greedy_cider=math.nan if greedy_scores is None else float(greedy_scores.mean()),
-        sample_tokens=float(np.mean([len(c) for c in candidate_ids(host[:rows])])),
-        reward_ms=reward_ms)
+        reward=float(rewards.mean()), baseline=float(out.baseline.mean()),
+        sample_cider=float(out.sample_scores.mean()),
+        greedy_cider=math.nan if out.greedy_scores is None else float(out.greedy_scores.mean()),
+        sample_tokens=float(np.mean([len(c) for c in candidate_ids(out.tokens)])),
+        reward_ms=out.reward_ms)
     return loss, stats
 
 

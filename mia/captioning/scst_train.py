@@ -4,7 +4,9 @@ What is particular to SCST lives here; checkpoints, exact resume, signals, the n
 gradient clipping, ``best.pt`` and ``history.json`` are :func:`mia.training.fit`'s.
 
 * The model starts from the XE run's ``model.pt`` (its val-selected ``best.pt``), whose
-  captioner config and vocabulary must match the data's.
+  captioner config and vocabulary must match the data's; Adam continues the XE optimiser's
+  state saved with it (``scst.optimizer_state: carry``, the reference) or starts anew
+  (``fresh``). docs/RECIPE.md says why the val-selected XE epoch and not the last.
 * The reward's scorer (:class:`mia.captioning.scst.SCSTScorer`) is built ONCE per run, from the
   training references and the document-frequency file the workflow computes once per captions
   store; the trainer never recomputes the frequencies.
@@ -50,7 +52,8 @@ from mia.training.step import adam_options
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PlateauSchedule", "SCSTTask", "loop_settings", "train_scst"]
+__all__ = ["PlateauSchedule", "SCSTTask", "carry_optimizer_state", "loop_settings",
+           "train_scst"]
 
 
 class PlateauSchedule:
@@ -92,6 +95,32 @@ class PlateauSchedule:
 
     def load_state_dict(self, state: Mapping[str, float]) -> None:
         self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+
+
+def carry_optimizer_state(optimizer: torch.optim.Optimizer, xe_checkpoint: Mapping[str, Any],
+                          lr: float, where: str | os.PathLike = "the XE model") -> None:
+    """Continue the XE run's Adam (``scst.optimizer_state: carry``), as self-critical.pytorch
+    does: ``--start_from`` loads ``optimizer.pth`` (and a single run with
+    ``self_critical_after`` never rebuilds it). Moments and step counts carry over, and so do
+    the XE groups' betas, eps and weight decay (``load_state_dict`` restores them); the rate is
+    SCST's ``lr`` (the reference sets it after loading)."""
+    state = xe_checkpoint.get("optimizer")
+    if state is None:
+        raise ValueError(
+            f"{where}: holds no optimizer state, and scst.optimizer_state is 'carry' (the "
+            "reference continues the XE Adam); retrain the XE stage with "
+            "captioning.train.keep_optimizer_state: true (the workflow sets it for baselines "
+            "with an scst stage), or set scst.optimizer_state: fresh")
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as err:
+        raise ValueError(f"{where}: its optimizer state does not fit the SCST model ({err}); "
+                         "was the XE model trained with a fine-tuned CNN?") from err
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    group = optimizer.param_groups[0]
+    log.info("SCST continues the XE Adam state of %s (betas %s, eps %g, weight decay %g)",
+             where, tuple(group["betas"]), group["eps"], group["weight_decay"])
 
 
 def loop_settings(cfg: SCSTConfig) -> LoopSettings:
@@ -140,6 +169,8 @@ class SCSTTask(TrainingTask):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                           eps=cfg.eps, weight_decay=cfg.weight_decay,
                                           **adam_options(device))
+        if cfg.optimizer_state == "carry":
+            carry_optimizer_state(self.optimizer, ck, cfg.lr, xe_model)
         self.plateau = (PlateauSchedule(cfg.plateau_factor, cfg.plateau_patience)
                         if cfg.lr_schedule == "plateau" else None)
         # The reward: built once per run from the training references and the stored frequencies.
@@ -159,17 +190,31 @@ class SCSTTask(TrainingTask):
 
     def extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(),
+                "generator_device": self.generator.device.type,
                 "plateau": None if self.plateau is None else self.plateau.state_dict(),
                 "epoch_stats": {"epoch": self._sums_epoch, "steps": self._steps,
                                 **self._sums}}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
         if self.plateau is not None:
             self.plateau.load_state_dict(state["plateau"])
         stats = dict(state["epoch_stats"])
         self._sums_epoch, self._steps = int(stats.pop("epoch")), int(stats.pop("steps"))
         self._sums = {k: float(stats[k]) for k in _STATS}
+        saved = state.get("generator_device", self.generator.device.type)
+        try:
+            if saved != self.generator.device.type:
+                raise RuntimeError(f"written on {saved}")
+            self.generator.set_state(state["generator"])
+        except RuntimeError as err:
+            # `device` may change between attempts (mia.training.IGNORED_KEYS), but a CPU and a
+            # CUDA generator have different states: re-seed from where the run stands.
+            seed = self.cfg.seed * 1_000_003 + self._sums_epoch * 10_007 + self._steps
+            self.generator.manual_seed(seed)
+            log.warning("the sampling generator's state in last.pt (%s) does not fit this "
+                        "attempt's %s generator; re-seeded it (%d): training goes on, with other "
+                        "samples than an uninterrupted run would draw", err,
+                        self.generator.device.type, seed)
 
     # ---------------------------------------------------------------- training
     def batches(self, epoch: int, start: int) -> Iterable[Any]:

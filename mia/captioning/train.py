@@ -33,6 +33,7 @@ from mia.captioning.models import build_captioner, trim_captions
 from mia.captioning.transformer import noam_learning_rate
 from mia.captioning.updown import scheduled_sampling_probability
 from mia.data.loaders import prefetch
+from mia.dtypes import at_least_float32
 from mia.evaluation.cider import CiderD
 from mia.training.lifecycle import PREEMPTED_EXIT_CODE, Preempted
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
@@ -79,7 +80,7 @@ def caption_loss(logits: Tensor, targets: Tensor, label_smoothing: float) -> Ten
     at all, neither their one-hot nor their share of the smoothing (the released code packs the
     padded sequences away before the loss).
     """
-    logp = F.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1)  # (N, K)
+    logp = F.log_softmax(at_least_float32(logits.reshape(-1, logits.shape[-1])), dim=-1)  # (N, K)
     targets = targets.reshape(-1)
     real = targets != PAD
     nll = -logp.gather(1, targets.unsqueeze(1)).squeeze(1)  # (N,)
@@ -150,6 +151,10 @@ class CaptionXETask(TrainingTask):
                                           lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                           weight_decay=cfg.weight_decay,
                                           **adam_options(self.device))
+        if cfg.weight_clamp > 0:
+            clamp_before_each_step(self.optimizer, self.model.decoder.parameters(),
+                                   cfg.weight_clamp)
+        self._optimizer_epoch = 0  # the epoch whose start last rebuilt the optimiser
         self.scorer = CiderD(data.references("val"))
 
     @property
@@ -181,6 +186,9 @@ class CaptionXETask(TrainingTask):
         return batches
 
     def start_epoch(self, epoch: int) -> None:
+        if self.cfg.rebuild_optimizer_each_epoch and epoch != self._optimizer_epoch:
+            reset_optimizer_state(self.optimizer, skip_group=finetune.CNN_GROUP)
+        self._optimizer_epoch = epoch  # a resumed epoch (saved in last.pt) is not rebuilt again
         finetune.cnn_epoch_start(self.model, epoch)
         if hasattr(self.model.decoder, "ss_prob"):
             self.model.decoder.ss_prob = scheduled_sampling(self.cfg, epoch)
@@ -217,11 +225,53 @@ class CaptionXETask(TrainingTask):
         return {"val_cider": float(self.scorer.score(captions)[0])}
 
     def best_checkpoint(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), **self.meta(), "epoch": epoch,
-                "val_cider": float(metrics["val_cider"])}
+        out = {"model": self.model.state_dict(), **self.meta(), "epoch": epoch,
+               "val_cider": float(metrics["val_cider"])}
+        if self.cfg.keep_optimizer_state:  # what SCST carries over (scst.optimizer_state)
+            out["optimizer"] = self.optimizer.state_dict()
+        return out
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"optimizer_epoch": self._optimizer_epoch}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        self._optimizer_epoch = int(state.get("optimizer_epoch", 0))
 
     def describe_inputs(self) -> str:
         return self.inputs
+
+
+def clamp_before_each_step(optimizer: torch.optim.Optimizer, parameters: Iterable[Tensor],
+                           bound: float) -> None:
+    """Clamp ``parameters`` to ``[-bound, bound]`` at the start of every ``optimizer.step()``:
+    the released ``Train.py`` runs ``p.data.clamp_(-clip, clip)`` over ``Model.decoder`` after
+    ``backward`` and before ``optimizer.step()``. Not gradient clipping: the weights themselves
+    (the word embedding shared with the concepts included) stay within the bound."""
+    params = list(parameters)
+
+    def clamp(*_: Any) -> None:
+        # A step the non-finite guard skips on the device (mia.training.step: fused Adam's
+        # found_inf) clamps nothing, as a skipped step never reached optimizer.step() before.
+        skipped = getattr(optimizer, "found_inf", None)
+        with torch.no_grad():
+            for p in params:
+                if skipped is None:
+                    p.clamp_(-bound, bound)
+                else:
+                    p.copy_(torch.where(skipped.bool(), p, p.clamp(-bound, bound)))
+
+    optimizer.register_step_pre_hook(clamp)
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, skip_group: str | None = None) -> None:
+    """Forget the per-parameter state (Adam's moments and step counts) of every group except
+    ``skip_group``: the same optimiser as a newly built one (the released code rebuilds the
+    captioner's Adam every epoch; its CNN optimiser is built once and kept)."""
+    for group in optimizer.param_groups:
+        if skip_group is not None and group.get("name") == skip_group:
+            continue
+        for p in group["params"]:
+            optimizer.state.pop(p, None)
 
 
 def train_captioner(cfg: TrainConfig, data: Any, out_dir: str | os.PathLike,

@@ -11,8 +11,11 @@ Follows ruotianluo/self-critical.pytorch ``TransformerModel`` (itself the Annota
   word embedding instead; the reference does not);
 * every sub-layer ``x + Dropout(f(LayerNorm(x)))``; attention and FFN dropout ``options.dropout``;
   Glorot-uniform initialisation of every matrix of the encoder-decoder, as the reference.
-  LayerNorm is ``nn.LayerNorm(eps=1e-6)``; the reference's own LayerNorm divides by the
-  unbiased std + eps, a difference in the 4th decimal of the normalised values.
+* every LayerNorm is the reference's own (``options.layer_norm: reference``, the default):
+  ``a * (x - mean) / (std + eps) + b`` with the UNBIASED standard deviation and eps = 1e-6
+  outside the root (:class:`ReferenceLayerNorm`); ``layer_norm: torch`` gives
+  ``nn.LayerNorm(eps=1e-6)`` (biased variance, eps inside the root), which at paper size moves
+  teacher-forced log-probabilities by up to ~6e-3.
 
 With MIA: MIA's output (regions aligned with the top-36 concepts, the concepts embedded with the
 caption word embedding ``Embedding * sqrt(d)``, tied) replaces the encoder's input.
@@ -31,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +58,7 @@ class TransformerOptions:
     d_ff: int = 2048
     dropout: float = 0.1  # inside the encoder/decoder (the region embedding uses captioner.dropout)
     tie_output: bool = False  # share the word embedding with the output layer (reference: no)
+    layer_norm: Literal["reference", "torch"] = "reference"  # see ReferenceLayerNorm
 
     def __post_init__(self) -> None:
         for name in ("encoder_layers", "decoder_layers", "heads", "d_ff"):
@@ -63,6 +67,9 @@ class TransformerOptions:
                                  f"{getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"captioner.options.dropout: must be in [0, 1), got {self.dropout}")
+        if self.layer_norm not in ("reference", "torch"):
+            raise ValueError(f"captioner.options.layer_norm: {self.layer_norm!r} is not "
+                             "'reference' (self-critical.pytorch's) or 'torch' (nn.LayerNorm)")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any],
@@ -78,18 +85,47 @@ def noam_learning_rate(step: int, d_model: int = 512, warmup: int = 20000,
     return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
 
 
-def sinusoidal_positions(start: int, length: int, d_model: int, device: torch.device
-                         ) -> Tensor:
-    """Positions ``start .. start+length-1`` (length, d): sin on even, cos on odd features.
+def sinusoidal_positions(start: int, length: int, d_model: int, device: torch.device,
+                         dtype: torch.dtype = torch.float32) -> Tensor:
+    """Positions ``start .. start+length-1`` (length, d): sin on even, cos on odd features, in
+    ``dtype`` (the word embedding's).
 
     Computed per position the same way whatever ``start`` is, so a cached step and a
     teacher-forced pass add bit-identical encodings.
     """
-    position = torch.arange(start, start + length, device=device, dtype=torch.float32)
-    rate = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32)
+    position = torch.arange(start, start + length, device=device, dtype=dtype)
+    rate = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=dtype)
                      * -(math.log(10000.0) / d_model))
     angle = position.unsqueeze(1) * rate  # (length, d/2)
     return torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(length, d_model)
+
+
+class ReferenceLayerNorm(nn.Module):
+    """self-critical.pytorch's ``TransformerModel.LayerNorm`` (the Annotated Transformer's):
+    ``weight * (x - mean) / (std + eps) + bias`` over the last axis, ``std`` the UNBIASED
+    standard deviation (n - 1), ``eps`` added to it, not under the root.
+
+    Parameters are named ``weight``/``bias`` (the reference: ``a_2``/``b_2``), as
+    ``nn.LayerNorm``'s, so the two forms load each other's checkpoints.
+    """
+
+    def __init__(self, features: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(-1, keepdim=True)
+        std = x.std(-1, keepdim=True)  # unbiased
+        return self.weight * (x - mean) / (std + self.eps) + self.bias
+
+
+def layer_norm(features: int, form: str = "reference") -> nn.Module:
+    """The LayerNorm of ``options.layer_norm``: :class:`ReferenceLayerNorm` or
+    ``nn.LayerNorm(eps=1e-6)``."""
+    return ReferenceLayerNorm(features) if form == "reference" else nn.LayerNorm(features,
+                                                                                 eps=1e-6)
 
 
 def _visible(mask: Tensor) -> Tensor:
@@ -139,11 +175,12 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float) -> None:
+    def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float,
+                 norm: str = "reference") -> None:
         super().__init__()
-        self.norm_attention = nn.LayerNorm(d_model, eps=1e-6)
+        self.norm_attention = layer_norm(d_model, norm)
         self.attention = MultiHeadAttention(d_model, heads, dropout)
-        self.norm_ffn = nn.LayerNorm(d_model, eps=1e-6)
+        self.norm_ffn = layer_norm(d_model, norm)
         self.ffn = FeedForward(d_model, d_ff, dropout)
         self.dropout = nn.Dropout(dropout)
 
@@ -154,13 +191,14 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float) -> None:
+    def __init__(self, d_model: int, heads: int, d_ff: int, dropout: float,
+                 norm: str = "reference") -> None:
         super().__init__()
-        self.norm_self = nn.LayerNorm(d_model, eps=1e-6)
+        self.norm_self = layer_norm(d_model, norm)
         self.self_attention = MultiHeadAttention(d_model, heads, dropout)
-        self.norm_cross = nn.LayerNorm(d_model, eps=1e-6)
+        self.norm_cross = layer_norm(d_model, norm)
         self.cross_attention = MultiHeadAttention(d_model, heads, dropout)
-        self.norm_ffn = nn.LayerNorm(d_model, eps=1e-6)
+        self.norm_ffn = layer_norm(d_model, norm)
         self.ffn = FeedForward(d_model, d_ff, dropout)
         self.dropout = nn.Dropout(dropout)
 
@@ -203,9 +241,10 @@ class TransformerImageEncoder(nn.Module):
         super().__init__()
         self.regions = RegionEncoder(cfg, embed_concepts, cfg.d_model)
         self.layers = nn.ModuleList(
-            EncoderLayer(cfg.d_model, options.heads, options.d_ff, options.dropout)
+            EncoderLayer(cfg.d_model, options.heads, options.d_ff, options.dropout,
+                         options.layer_norm)
             for _ in range(options.encoder_layers))
-        self.norm = nn.LayerNorm(cfg.d_model, eps=1e-6)
+        self.norm = layer_norm(cfg.d_model, options.layer_norm)
 
     def forward(self, batch: dict[str, Tensor], need_weights: bool = False) -> RegionEncoded:
         enc = self.regions(batch, need_weights=need_weights)
@@ -246,16 +285,17 @@ class TransformerDecoder(nn.Module):
         self.embed = ScaledEmbedding(vocab_size, d)
         self.embed_dropout = nn.Dropout(options.dropout)
         self.layers = nn.ModuleList(
-            DecoderLayer(d, options.heads, options.d_ff, options.dropout)
+            DecoderLayer(d, options.heads, options.d_ff, options.dropout, options.layer_norm)
             for _ in range(options.decoder_layers))
-        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.norm = layer_norm(d, options.layer_norm)
         self.output = nn.Linear(d, vocab_size)
         if options.tie_output:
             self.output.weight = self.embed.lut.weight
 
     def _embed(self, words: Tensor, start: int) -> Tensor:
         """Words (B, T) at positions start.. -> (B, T, d)."""
-        positions = sinusoidal_positions(start, words.shape[1], self.d_model, words.device)
+        positions = sinusoidal_positions(start, words.shape[1], self.d_model, words.device,
+                                         self.embed.lut.weight.dtype)
         return self.embed_dropout(self.embed(words) + positions)
 
     def cross_keys_values(self, memory: Tensor) -> tuple[Tensor, ...]:
@@ -347,8 +387,9 @@ def build_transformer(cfg: CaptionerConfig, vocab_size: int) -> Captioner:
                          f"embed_dim = d_model (got embed_dim={cfg.embed_dim}, "
                          f"d_model={cfg.d_model})")
     if cfg.d_model % options.heads or cfg.d_model % 2:
-        raise ValueError(f"captioner.d_model={cfg.d_model} must be even and divisible by "
-                         f"options.heads={options.heads}")
+        raise ValueError(f"captioner.options.heads: the Transformer's captioner.d_model="
+                         f"{cfg.d_model} must be even and divisible by options.heads="
+                         f"{options.heads}")
     decoder = TransformerDecoder(cfg, options, vocab_size)
     encoder = TransformerImageEncoder(cfg, options, decoder.embed)
     # The reference initialises its encoder-decoder (not the region embedding) with Glorot.

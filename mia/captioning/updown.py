@@ -20,7 +20,10 @@ Sizes: ``d`` = ``captioner.d_model`` (the regions' embedded width = MIA's width)
 size = ``options.rnn_size``. The reference has ``d = e = rnn_size = 1000`` and attention hidden
 512 (configs/updown/updown.yml: rnn_size, input_encoding_size 1000, att_hid_size 512), so the
 paper recipe is ``d_model: 1000, embed_dim: 1000, attention_dim: 512, options: {rnn_size: 1000}``;
-dropout (``captioner.dropout``) 0.5 = the reference's ``drop_prob_lm``.
+dropout (``captioner.dropout``) 0.5 = the reference's ``drop_prob_lm``. The reference's region
+embedding outputs ``rnn_size`` itself, so ``d_model != rnn_size`` builds a model it cannot
+express (allowed here for small tests; the report lists it among the deviations,
+:mod:`mia.report.deviations`).
 
 Scheduled sampling: the training loop sets ``decoder.ss_prob`` (see
 :func:`scheduled_sampling_probability`); in training mode each step after the first replaces
@@ -128,7 +131,7 @@ class UpDownEncoder(nn.Module):
         if self.embed_mean is None:
             enc.pooled = masked_mean(enc.memory, enc.mask)
         else:
-            raw = batch["features"].float()
+            raw = batch["features"].to(self.embed_mean[0].weight.dtype)
             enc.pooled = self.embed_mean(masked_mean(raw, batch["feature_mask"].bool()))
         return enc
 

@@ -41,6 +41,7 @@ from mia.data.store import (
     require_dataset,
     verify_dataset,
 )
+from mia.data.tfidf import SparseMatrix
 from mia.data.vocab import Vocabulary
 
 Batch = dict[str, torch.Tensor]
@@ -520,6 +521,12 @@ class VQAData:
             self._labels = torch.from_numpy(f["answer_labels"][()].astype(np.int64))
             self._scores = torch.from_numpy(f["answer_scores"][()])
             attrs = read_attrs(f)
+            self.tfidf = None  # BAN's co-occurrence matrix (mia.data.tfidf), when the store has it
+            if "tfidf_values" in f:
+                self.tfidf = SparseMatrix(f["tfidf_rows"][()].astype(np.int64),
+                                          f["tfidf_cols"][()].astype(np.int64),
+                                          f["tfidf_values"][()].astype(np.float64),
+                                          len(attrs["question_vocab"]))
         self.path = vqa_path
         self.cfg = cfg
         self.question_vocab: list[str] = list(attrs["question_vocab"])

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from mia.data import store
 from mia.data.answers import training_answer
 from mia.data.karpathy import SPLIT_CODES, KarpathyImage, read_karpathy
+from mia.data.tfidf import first_appearance_ids, reference_cooccurrence
 from mia.data.vocab import BOS, EOS, QUESTION_SPECIALS, Vocabulary, build_vocabulary
 from mia.data.vqa_v2 import ANSWERS_PER_QUESTION, VQAExample, read_vqa, read_vqa_questions
 from mia.io import write_json
@@ -35,15 +37,57 @@ class CaptionPreprocessConfig:
     max_length: int | None = None
 
 
+#: Question files a VQA vocabulary or BAN's co-occurrence matrix may read: the annotated
+#: splits and the evaluation server's test questions (test-dev2015 is a subset of test2015).
+QUESTION_FILES = ("train", "val", "test2015", "test-dev2015")
+
+
 @dataclass(frozen=True)
 class VQAPreprocessConfig:
     """The bottom-up-attention-vqa recipe: answers seen ``min_answer_count`` times in
-    ``answer_splits`` (3,129 on VQA v2 train+val), questions cut to ``max_question_length``."""
+    ``answer_splits`` (3,129 on VQA v2 train+val), questions cut to ``max_question_length``.
+
+    Questions (docs/RECIPE.md, VQA). The defaults here are the project's earlier choices; the
+    paper config sets the references' (each a switch):
+
+    * ``tokenizer``: ``reference`` (both references' ``Dictionary.tokenize``: lowercase, drop
+      ``,`` and ``?``, ``'s`` -> `` 's``, split on whitespace, so ``t-shirt``, ``1:00``,
+      ``don't`` and ``sign.`` stay whole) or ``words`` (:func:`tokenize_question`);
+    * ``vocabulary_questions``: the question files whose words make the question vocabulary,
+      each word seen ``question_count_threshold`` times there. The references: every word of
+      train, val, test2015 and test-dev2015 (``tools/create_dictionary.py``), so a word that
+      never occurs in training keeps its GloVe vector instead of becoming ``<unk>``;
+    * ``tfidf_questions``: the files BAN's second question embedding is computed from
+      (:mod:`mia.data.tfidf`; its ``main.py``: train, val, test2015); empty: not computed.
+    """
 
     min_answer_count: int = 9
     max_question_length: int = 14
     question_count_threshold: int = 1
     answer_splits: tuple[str, ...] = ("train", "val")
+    tokenizer: Literal["words", "reference"] = "words"
+    vocabulary_questions: tuple[str, ...] = ("train",)
+    tfidf_questions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("answer_splits", "vocabulary_questions", "tfidf_questions"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"preprocess.vqa.tokenizer: {self.tokenizer!r} is not one of "
+                             f"{sorted(TOKENIZERS)}")
+        for name in ("vocabulary_questions", "tfidf_questions"):
+            bad = [s for s in getattr(self, name) if s not in QUESTION_FILES]
+            if bad:
+                raise ValueError(f"preprocess.vqa.{name}: {bad} are not question files; choose "
+                                 f"from {list(QUESTION_FILES)}")
+        if not self.vocabulary_questions:
+            raise ValueError("preprocess.vqa.vocabulary_questions: name at least one question "
+                             "file (train)")
+
+    def question_files(self) -> tuple[str, ...]:
+        """Every question file this preprocessing reads beyond the annotated splits."""
+        extra = dict.fromkeys(self.vocabulary_questions + self.tfidf_questions)
+        return tuple(s for s in QUESTION_FILES if s in extra and s not in ("train", "val"))
 
 
 # --------------------------------------------------------------------------- captions
@@ -135,6 +179,14 @@ def build_caption_store(karpathy_json: str | os.PathLike, out_h5: str | os.PathL
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)*")
 
 
+def reference_tokenize(text: str) -> list[str]:
+    """Both VQA references' ``Dictionary.tokenize``: lowercase, ``,`` and ``?`` removed,
+    ``'s`` split off (``man's -> man 's``), then split on whitespace; everything else, other
+    punctuation included, stays in the word (``t-shirt``, ``1:00``, ``don't``, ``sign.``)."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's")
+    return text.split()
+
+
 def tokenize_question(text: str) -> list[str]:
     """Lowercase words; clitics split off as GloVe's (Stanford) tokens: ``man's -> man 's``,
     ``don't -> do n't``."""
@@ -148,6 +200,10 @@ def tokenize_question(text: str) -> list[str]:
         else:
             out.append(word)
     return out
+
+
+#: ``preprocess.vqa.tokenizer`` -> the function.
+TOKENIZERS = {"words": tokenize_question, "reference": reference_tokenize}
 
 
 _SOFT_SCORES = (0.0, 0.3, 0.6, 0.9)
@@ -189,11 +245,17 @@ def _read_splits(questions: Mapping[str, str | os.PathLike],
 def build_vqa_store(questions_paths_by_split: Mapping[str, str | os.PathLike],
                     annotations_paths_by_split: Mapping[str, str | os.PathLike],
                     out_h5: str | os.PathLike,
-                    cfg: VQAPreprocessConfig = VQAPreprocessConfig()) -> Path:
+                    cfg: VQAPreprocessConfig = VQAPreprocessConfig(),
+                    extra_questions: Mapping[str, str | os.PathLike] | None = None) -> Path:
     """Write ``vqa.h5``: encoded questions, answer vocabulary and sparse soft targets.
 
     Splits are ``train``/``val``/``test``; test has questions only (its labels stay -1).
+    ``extra_questions``: the unannotated question files (``test2015``, ``test-dev2015``) that
+    ``cfg.vocabulary_questions`` or ``cfg.tfidf_questions`` name; their questions are only read
+    for words, never stored. With ``cfg.tfidf_questions`` the store also holds BAN's
+    co-occurrence matrix (``tfidf_rows``, ``tfidf_cols``, ``tfidf_values``; :mod:`mia.data.tfidf`).
     """
+    tokenize = TOKENIZERS[cfg.tokenizer]
     splits = _read_splits(questions_paths_by_split, annotations_paths_by_split)
     examples = [ex for name in splits for ex in splits[name]]
     split = np.concatenate([np.full(len(splits[n]), SPLIT_CODES[n], np.uint8) for n in splits])
@@ -211,8 +273,9 @@ def build_vqa_store(questions_paths_by_split: Mapping[str, str | os.PathLike],
                          "lower min_answer_count or check the annotations")
     answer_index = {a: i for i, a in enumerate(answers)}
 
-    tokens = [tokenize_question(ex.question.question) for ex in examples]
-    qvocab, _ = build_vocabulary((t for t, s in zip(tokens, split, strict=True) if s == 0),
+    tokens = [tokenize(ex.question.question) for ex in examples]
+    files = _question_file_tokens(cfg, splits, tokens, split, extra_questions or {}, tokenize)
+    qvocab, _ = build_vocabulary((t for name in cfg.vocabulary_questions for t in files[name]),
                                  cfg.question_count_threshold, QUESTION_SPECIALS)
     questions = np.zeros((len(examples), cfg.max_question_length), dtype=np.int32)
     labels = np.full((len(examples), ANSWERS_PER_QUESTION), -1, dtype=np.int32)
@@ -226,18 +289,50 @@ def build_vqa_store(questions_paths_by_split: Mapping[str, str | os.PathLike],
             scores[row, :len(scs)] = scs
 
     image_ids, image_index = np.unique([ex.image_id for ex in examples], return_inverse=True)
+    datasets = {"question_ids": question_ids,
+                "question_image_index": image_index.astype(np.int64), "questions": questions,
+                "split": split, "answer_labels": labels, "answer_scores": scores}
+    if cfg.tfidf_questions:
+        encoded = {name: [qvocab.encode(t) for t in files[name]] for name in files}
+        matrix = reference_cooccurrence(
+            [q for name in cfg.tfidf_questions for q in encoded[name]], len(qvocab),
+            first_appearance_ids([encoded[n] for n in cfg.vocabulary_questions], len(qvocab)))
+        datasets.update(tfidf_rows=matrix.rows.astype(np.int32),
+                        tfidf_cols=matrix.cols.astype(np.int32),
+                        tfidf_values=matrix.values.astype(np.float32))
     store.write_store(
-        out_h5, kind="vqa", image_ids=image_ids,
-        datasets={"question_ids": question_ids, "question_image_index": image_index.astype(np.int64),
-                  "questions": questions, "split": split, "answer_labels": labels,
-                  "answer_scores": scores},
+        out_h5, kind="vqa", image_ids=image_ids, datasets=datasets,
         config={**asdict(cfg), "questions": {k: str(v) for k, v in questions_paths_by_split.items()},
-                "annotations": {k: str(v) for k, v in annotations_paths_by_split.items()}},
+                "annotations": {k: str(v) for k, v in annotations_paths_by_split.items()},
+                "extra_questions": {k: str(v) for k, v in (extra_questions or {}).items()}},
         attrs={"question_vocab": list(qvocab.words), "answer_vocab": answers,
                "max_question_length": cfg.max_question_length,
-               "min_answer_count": cfg.min_answer_count},
+               "min_answer_count": cfg.min_answer_count, "tokenizer": cfg.tokenizer},
     )
     return Path(out_h5)
+
+
+def _question_file_tokens(cfg: VQAPreprocessConfig, splits: Mapping[str, list[VQAExample]],
+                          tokens: Sequence[list[str]], split: np.ndarray,
+                          extra: Mapping[str, str | os.PathLike], tokenize: Any
+                          ) -> dict[str, list[list[str]]]:
+    """Tokens of every question file the vocabulary or the co-occurrence matrix reads, each in
+    file order: ``train``/``val`` from the annotated splits, the rest from ``extra``."""
+    out: dict[str, list[list[str]]] = {}
+    for name in dict.fromkeys(cfg.vocabulary_questions + cfg.tfidf_questions):
+        if name in ("train", "val"):
+            if name not in splits:
+                raise ValueError(f"preprocess.vqa: {name} questions are needed for the "
+                                 "vocabulary or tf-idf but were not given")
+            out[name] = [t for t, s in zip(tokens, split, strict=True) if s == SPLIT_CODES[name]]
+        else:
+            if name not in extra:
+                raise ValueError(
+                    f"preprocess.vqa.vocabulary_questions/tfidf_questions name {name}, but its "
+                    f"questions file was not given (v2_OpenEnded_mscoco_{name}_questions.json "
+                    "from v2_Questions_Test_mscoco.zip); pass it or drop it from the config")
+            out[name] = [tokenize(q.question) for q in read_vqa_questions(extra[name])]
+    return out
 
 
 def build_vqa_test_store(questions_path: str | os.PathLike, vocab_store: str | os.PathLike,
@@ -256,6 +351,7 @@ def build_vqa_test_store(questions_path: str | os.PathLike, vocab_store: str | o
         attrs = store.read_attrs(f)
     qvocab = Vocabulary(tuple(attrs["question_vocab"]))
     max_length = int(attrs["max_question_length"])
+    tokenize = TOKENIZERS[str(attrs.get("tokenizer", "words"))]  # the training store's
     examples = read_vqa(questions_path)
     if not examples:
         raise ValueError(f"{questions_path}: no questions")
@@ -268,7 +364,7 @@ def build_vqa_test_store(questions_path: str | os.PathLike, vocab_store: str | o
                     f"{questions_path}; both must come from the same v2_Questions_Test_mscoco.zip")
     questions = np.zeros((len(examples), max_length), dtype=np.int32)
     for row, ex in enumerate(examples):
-        ids = qvocab.encode(tokenize_question(ex.question.question)[:max_length])
+        ids = qvocab.encode(tokenize(ex.question.question)[:max_length])
         questions[row, :len(ids)] = ids
     image_ids, image_index = np.unique([ex.image_id for ex in examples], return_inverse=True)
     n = len(examples)
@@ -283,6 +379,7 @@ def build_vqa_test_store(questions_path: str | os.PathLike, vocab_store: str | o
                 "subsets": {k: str(v) for k, v in (subsets or {}).items()}},
         attrs={"question_vocab": list(qvocab.words), "answer_vocab": list(attrs["answer_vocab"]),
                "max_question_length": max_length,
-               "min_answer_count": attrs["min_answer_count"]},
+               "min_answer_count": attrs["min_answer_count"],
+               "tokenizer": str(attrs.get("tokenizer", "words"))},
     )
     return Path(out_h5)

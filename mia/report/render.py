@@ -27,6 +27,7 @@ from markupsafe import Markup, escape
 
 from mia.io import write_text
 from mia.report.costs import stage_costs, totals
+from mia.report.deviations import deviations
 from mia.report.environment import software_versions
 from mia.report.figure4 import figure4_data, plot_figure4
 from mia.report.figures import plot_overlay, plot_training_curves
@@ -38,14 +39,6 @@ from mia.report.tables import Table, build_table, short_reason
 
 FIGURES = ("figure4", "figure5")
 
-DEVIATIONS = (
-    "Splits: the Karpathy split (113,287 / 5,000 / 5,000 images) from dataset_coco.json; the "
-    "authors' released code used a random 5k/5k val/test split.",
-    "Checkpoint selection: the epoch with the best validation CIDEr-D (greedy decoding); the "
-    "released code selected on the test split. The test split is decoded once, at the end.",
-    "Optimisation: Adam built once and kept across epochs (the released code rebuilt it every "
-    "epoch) and gradient-norm clipping instead of clamping weights at 0.1.",
-)
 
 
 @dataclass(frozen=True)
@@ -229,7 +222,7 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),  # noqa: UP017
         tables=tables, gain_tables=gain_tables(gains), bootstrap=settings.bootstrap, figures=settings.figures,
         figure4=figure4, figure5=figure5_rows, run_figures=run_figures, costs=costs,
-        totals=totals(costs), paper_notes=paper.notes, deviations=DEVIATIONS,
+        totals=totals(costs), paper_notes=paper.notes, deviations=deviations(config),
         versions=software_versions(), label=paper.label, seeds={r: sorted(res.seeds) for r, res
                                                                in results.items()},
         config_yaml=yaml.safe_dump(json.loads(json.dumps(dict(config), default=str)),

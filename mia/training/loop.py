@@ -13,9 +13,14 @@ Outputs in ``out_dir``:
 
 * ``last.pt``: model, optimiser, loop state, RNG states, task extras and the task's ``meta``
   (config, vocabulary) that a resume must match;
-* ``best.pt``: :meth:`TrainingTask.best_checkpoint` of the best epoch so far;
+* ``best.pt``: :meth:`TrainingTask.best_checkpoint` of the best epoch so far; its SHA-256 is
+  recorded in ``last.pt`` when it is written, and :func:`fit` returns only after ``best.pt``
+  matches it (repairing it where its weights still exist: those of the epoch in ``last.pt``, or
+  the starting weights of epoch 0), so a truncated, missing or swapped ``best.pt`` is never
+  published;
 * ``history.json``: one row per epoch (train loss, non-finite steps skipped, learning rate, wall
-  times, and every validation metric).
+  times, and every validation metric), rewritten from ``last.pt`` before :func:`fit` returns, so
+  a job killed between the last save and the history still publishes every epoch.
 
 Exact resume: the data order is a function of (seed, epoch) and batches already done are skipped,
 the RNG states are restored, and learning rates are pure functions of (epoch, step) or live in the
@@ -42,8 +47,15 @@ import torch
 from torch import Tensor, nn
 
 from mia.io import write_json
-from mia.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from mia.training.lifecycle import Preempted, StopSignals
+from mia.training.checkpoint import (
+    CheckpointError,
+    file_sha256,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from mia.training.lifecycle import Preempted, StopSignals, split_ignored
 from mia.training.precision import Precision, resolve_precision
 from mia.training.progress import ProgressLog, format_duration
 from mia.training.step import (
@@ -101,6 +113,8 @@ class LoopState:
     nonfinite_steps: int = 0  # over the whole run
     epoch_wall_s: float = 0.0
     last_lr: float = 0.0
+    best_sha256: str = ""  # of best.pt as written ("" before the first, or a last.pt of old)
+    best_metrics: dict[str, float] = field(default_factory=dict)  # the metrics of best_epoch
 
 
 @dataclass
@@ -110,6 +124,7 @@ class FitResult:
     history: list[dict[str, Any]]
     best_path: Path
     last_path: Path
+    best_sha256: str = ""  # what best.pt's bytes hash to (checked before it is published)
 
 
 class TrainingTask:
@@ -193,14 +208,21 @@ def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) 
     if not fresh:
         # RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
         ck = load_checkpoint(last_path, map_location="cpu")
-        if ck.get("meta") != meta:
-            raise ValueError(f"{last_path}: was trained with another config or vocabulary; "
-                             "delete the run directory to start over")
+        stored_meta = split_ignored(ck.get("meta") or {})[0]  # log_every & co. may change
+        if stored_meta != split_ignored(meta)[0]:
+            raise CheckpointError(
+                f"{last_path}: was trained with another config or vocabulary than this run's; "
+                f"delete the folder {out_dir} to start this run over")
+        state = LoopState(**ck["state"])
+        if state.best_epoch == 0 and state.best_sha256:
+            # The starting weights (epoch 0 of the selection) are in the model only now.
+            _repair_best(task, state, best_path, "the starting weights")
         task.model.load_state_dict(ck["model"])
         task.optimizer.load_state_dict(ck["optimizer"])
         task.load_extra_state(ck.get("extra", {}))
-        state = LoopState(**ck["state"])
         set_rng_state(ck["rng"])
+        if _model_holds_best(state):  # the last chance: the next step changes the weights
+            _repair_best(task, state, best_path, "the weights of last.pt")
         if state.epoch > settings.epochs:
             log.info("%s: already trained for its %d epochs with this config and these inputs; "
                      "its results are published again (delete %s to train it anew, e.g. after a "
@@ -210,9 +232,10 @@ def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) 
                      state.step_in_epoch, state.phase)
 
     def save_last() -> None:
-        atomic_save({"model": task.model.state_dict(), "optimizer": task.optimizer.state_dict(),
-                     "state": dataclasses.asdict(state), "rng": rng_state(),
-                     "extra": task.extra_state(), "meta": meta}, last_path)
+        save_checkpoint({"model": task.model.state_dict(),
+                         "optimizer": task.optimizer.state_dict(),
+                         "state": dataclasses.asdict(state), "rng": rng_state(),
+                         "extra": task.extra_state(), "meta": meta}, last_path)
 
     precision = resolve_precision(settings.precision, task.device)
     log.info("precision: %s", precision.describe())
@@ -251,9 +274,11 @@ def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) 
                      state.epoch, settings.epochs, row["train_loss"], settings.score_key, score,
                      " (best so far)" if score > state.best_score else "",
                      format_duration(row["wall_s"]), format_duration(row["val_wall_s"]))
-            if score > state.best_score:
+            if score > state.best_score:  # strictly: a tie keeps the earlier epoch
                 state.best_score, state.best_epoch = score, state.epoch
-                atomic_save(task.best_checkpoint(state.epoch, metrics), best_path)
+                state.best_metrics = {k: float(v) for k, v in metrics.items()}
+                state.best_sha256 = save_checkpoint(task.best_checkpoint(state.epoch, metrics),
+                                                    best_path)
             state.epoch += 1
             state.phase, state.step_in_epoch = "train", 0
             state.epoch_loss_sum, state.epoch_loss_steps = 0.0, 0
@@ -261,7 +286,73 @@ def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) 
             save_last()
             write_json(out_dir / "history.json", state.history)
             _stop_if_requested(stop, state, f"after epoch {state.epoch - 1}")
-    return FitResult(state.best_score, state.best_epoch, state.history, best_path, last_path)
+    _check_best(task, settings, state, best_path, out_dir)
+    write_json(out_dir / "history.json", state.history)  # also after a kill before the last one
+    return FitResult(state.best_score, state.best_epoch, state.history, best_path, last_path,
+                     state.best_sha256)
+
+
+def _best_problem(best_path: Path, state: LoopState) -> str | None:
+    """What is wrong with ``best.pt`` against the digest ``last.pt`` recorded (None: nothing)."""
+    if not best_path.exists():
+        return "it is missing"
+    if best_path.is_dir():
+        return "it is a folder"
+    if state.best_sha256:
+        if file_sha256(best_path) != state.best_sha256:
+            return ("its bytes are not those written for that epoch (truncated, damaged or "
+                    "replaced)")
+        return None
+    try:  # a last.pt of before the digests: at least the file must load and be that epoch
+        ck = load_checkpoint(best_path)
+    except CheckpointError as err:
+        return str(err)
+    if ck.get("epoch") != state.best_epoch:
+        return f"it holds epoch {ck.get('epoch')}, not the selected epoch {state.best_epoch}"
+    return None
+
+
+def _model_holds_best(state: LoopState) -> bool:
+    """Whether the weights in ``last.pt`` (and the model, once loaded) are the selected epoch's:
+    saved at the end of that epoch, before any step of the next."""
+    return (state.best_epoch >= 1 and state.best_epoch == state.epoch - 1
+            and state.phase == "train" and state.step_in_epoch == 0 and bool(state.best_metrics))
+
+
+def _repair_best(task: TrainingTask, state: LoopState, best_path: Path, weights: str) -> bool:
+    """Rewrite ``best.pt`` from the model's current weights (which must be those of
+    ``state.best_epoch``) when it does not match; return whether it was rewritten."""
+    problem = _best_problem(best_path, state)
+    if problem is None:
+        return False
+    log.warning("%s (epoch %d): %s; rewriting it from %s, which are that epoch's", best_path,
+                state.best_epoch, problem, weights)
+    state.best_sha256 = save_checkpoint(task.best_checkpoint(state.best_epoch,
+                                                             state.best_metrics), best_path)
+    return True
+
+
+def _check_best(task: TrainingTask, settings: LoopSettings, state: LoopState, best_path: Path,
+                out_dir: Path) -> None:
+    """Make sure ``best.pt`` holds the selected epoch before the run is published: repair it
+    when the model holds that epoch's weights (the last epoch), else stop with the fix."""
+    if state.best_epoch == 0 and not math.isfinite(state.best_score):
+        scores = [row.get(settings.score_key) for row in state.history]
+        raise CheckpointError(
+            f"{out_dir}: no epoch has a finite {settings.score_key} ({scores}), so no model was "
+            "selected; the validation data or the training diverged: look at history.json and "
+            f"the log, then delete {out_dir} to train again")
+    problem = _best_problem(best_path, state)
+    if problem is None:
+        return
+    if _model_holds_best(state):
+        _repair_best(task, state, best_path, "the weights of last.pt")
+        return
+    raise CheckpointError(
+        f"{best_path}: the model selected at epoch {state.best_epoch} ({settings.score_key} "
+        f"{state.best_score:.4f}) cannot be published: {problem}, and its weights are in no "
+        f"other file (last.pt holds epoch {state.epoch - 1}). Delete the folder {out_dir} and "
+        "rerun to train this run again")
 
 
 def _score_starting_point(task: TrainingTask, settings: LoopSettings, state: LoopState,
@@ -281,8 +372,13 @@ def _score_starting_point(task: TrainingTask, settings: LoopSettings, state: Loo
     if settings.score_key not in metrics:
         raise KeyError(f"starting point validation returned {sorted(metrics)}, not the "
                        f"selection metric {settings.score_key!r}")
+    if not math.isfinite(float(metrics[settings.score_key])):
+        log.warning("starting weights: %s is %s; they do not compete for best.pt",
+                    settings.score_key, metrics[settings.score_key])
+        return
     state.best_score, state.best_epoch = float(metrics[settings.score_key]), 0
-    atomic_save(task.best_checkpoint(0, metrics), best_path)
+    state.best_metrics = {k: float(v) for k, v in metrics.items()}
+    state.best_sha256 = save_checkpoint(task.best_checkpoint(0, metrics), best_path)
     log.info("starting weights: %s %.4f (epoch 0 of the selection: an epoch must beat it to "
              "replace best.pt)", settings.score_key, state.best_score)
 

@@ -73,7 +73,10 @@ def finite_flag(loss: Tensor, grad_norm: Tensor) -> tuple[Tensor, Tensor]:
 def step_if(optimizer: torch.optim.Optimizer, ok: Tensor) -> None:
     """``optimizer.step()`` where ``ok`` (0-d bool) is true, nothing where it is false: exact,
     and without reading ``ok`` on the host."""
-    if getattr(optimizer, "_step_supports_amp_scaling", False):
+    # Fused groups only: a state loaded from a for-each optimiser (an old XE run carried into
+    # SCST) switches its groups back, and those kernels refuse found_inf.
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and all(
+            group.get("fused") for group in optimizer.param_groups):
         # Fused optimisers read AMP's found_inf in-kernel: no update, step count unchanged.
         optimizer.found_inf = (~ok).to(torch.float32)  # type: ignore[attr-defined]
         optimizer.grad_scale = None  # type: ignore[attr-defined]

@@ -17,13 +17,13 @@
 
 Masks: the reference recognises padded boxes as all-zero feature rows (adaptive 10-100 boxes,
 zero-padded). MIA's LayerNorm output is never zero, so masks are explicit here: padded boxes get
-logit -inf (zero attention, and zero after the counter's sigmoid), and so do padded WORDS, which
-the reference lets the attention see (its pad positions hold GRU states that ran on past the
-question). Likewise the classifier sums the states of the real words only, where the reference
-sums all 14 positions. With these masks an item's answer does not depend on how many pad
-tokens or pad boxes its batch carries. The reference's default ``--op c`` (a second, TF-IDF
-weighted GloVe embedding concatenated to the first) is not reproduced: the question embedding is
-the 300-d GloVe-initialised one both baselines share.
+logit -inf (zero attention, and zero after the counter's sigmoid). Padded WORDS follow the
+question mask (:mod:`mia.vqa.question`, ``vqa.model.question_pads``): ``reference`` lets them
+into the attention, the counter's max and the final sum over all 14 positions, as ban-vqa does
+(its pad positions hold GRU states that ran on past the question); ``masked`` gives them logit
+-inf and sums the real words only, so an item's answer does not depend on how many pads it
+carries. The reference's default ``--op c`` (a second, tf-idf initialised embedding
+concatenated to the GloVe one) is ``vqa.model.tfidf_embedding`` (:mod:`mia.data.tfidf`).
 """
 
 from __future__ import annotations

@@ -40,6 +40,12 @@ class VQAModelConfig:
     ``dropout`` is Up-Down's attention dropout (NewAttention, 0.2) and BAN's dropout before
     each FC layer (FCNet, 0.2); ``attention_dropout`` is BAN's dropout on the visual side of the
     bilinear attention logits (BCNet, 0.5); ``classifier_dropout`` both classifiers' (0.5).
+
+    Where the references' question side differs from a masked one (docs/RECIPE.md, VQA):
+    ``question_pads``: ``reference`` (Up-Down: pads in front, the GRU's last step; BAN: pad
+    positions in the attention and the final sum) or ``masked`` (:mod:`mia.vqa.question`);
+    ``tfidf_embedding``: BAN's ``--op c``, a second question embedding initialised from the
+    store's co-occurrence matrix (``preprocess.vqa.tfidf_questions``), the GRU reading 600-d.
     """
 
     baseline: str = "updown"
@@ -61,6 +67,8 @@ class VQAModelConfig:
     mia_dropout: float = 0.1
     mia_order: Literal["visual_first", "concepts_first"] = "visual_first"
     mia_textual_layer_shortcut: bool = True
+    question_pads: Literal["masked", "reference"] = "masked"
+    tfidf_embedding: bool = False  # BAN's --op c (its default)
 
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
@@ -78,9 +86,12 @@ class VQAModelConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"vqa.model.{name}: must be in [0, 1), got "
                                  f"{getattr(self, name)}")
+        if self.question_pads not in ("masked", "reference"):
+            raise ValueError(f"vqa.model.question_pads: {self.question_pads!r} is not 'masked' "
+                             "or 'reference'")
         if self.uses_mia and self.mia_d_model % self.mia_heads:
-            raise ValueError(f"vqa.model.mia_d_model={self.mia_d_model} is not divisible by "
-                             f"mia_heads={self.mia_heads}")
+            raise ValueError(f"vqa.model.mia_heads: MIA's {self.mia_heads} heads must divide its "
+                             f"width vqa.model.mia_d_model={self.mia_d_model}")
 
     @property
     def uses_mia(self) -> bool:

@@ -25,6 +25,11 @@ sits is our choice, made as follows:
 
 Variants: ``mia``/``mia_n{k}``/``self_attention`` use LayerNorm(I_N + T_N) (Eq. 7),
 ``mia_visual`` I_N, ``mia_concepts`` T_N.
+
+Box counts: a region store may hold a different number of real boxes per image (BAN's
+reference trains on the adaptive 10-100 boxes; ``num_boxes`` with zero padding, masked by the
+loaders). Every model masks the padded boxes; MIA keeps as many top concepts as the image has
+real boxes, so the concept store must hold at least the store's maximum (``concepts.k``).
 """
 
 from __future__ import annotations
@@ -86,7 +91,9 @@ class RegionEncoder(nn.Module):
         if ids.shape[1] < m:
             raise ValueError(f"batch has {ids.shape[1]} concepts per image but {m} boxes; MIA "
                              f"aligns position j of both, so extract at least k={m} concepts")
-        ids, concept_mask = ids[:, :m], concept_mask[:, :m]  # the top m, by probability
+        # The top concepts, as many as the image has real boxes (the paper keeps n concepts for
+        # n features): all m for a fixed-36 store, 10..100 per image for an adaptive one.
+        ids, concept_mask = ids[:, :m], concept_mask[:, :m] & mask
         visual = self.region_proj(features)  # (B, m, d)
         concepts = self.concept_proj(self.concept_embedding(ids))  # (B, m, d)
         out = self.mia(visual, concepts, mask, concept_mask, need_weights=need_weights)

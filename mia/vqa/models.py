@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mia.dtypes import at_least_float32
 from mia.vqa.ban import BANAnswerer
 from mia.vqa.config import BASELINES, VQAModelConfig
 from mia.vqa.glove import init_embedding, read_glove
@@ -54,7 +55,8 @@ def vqa_loss(logits: Tensor, target: Tensor) -> Tensor:
     if logits.dim() != 2 or logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must "
                          "both be (B, n_answers)")
-    return F.binary_cross_entropy_with_logits(logits.float(), target.float()) * target.shape[1]
+    return F.binary_cross_entropy_with_logits(
+        at_least_float32(logits), target.to(at_least_float32(logits).dtype)) * target.shape[1]
 
 
 def soft_accuracy(logits: Tensor, target: Tensor) -> Tensor:
@@ -135,7 +137,11 @@ def build_vqa_model(cfg: VQAModelConfig, n_question_words: int, n_answers: int,
     """
     if cfg.baseline not in MODELS:
         raise ValueError(f"unknown VQA baseline {cfg.baseline!r}; expected one of {list(MODELS)}")
-    question = QuestionEncoder(n_question_words, cfg.embed_dim, cfg.hidden)  # type: ignore
+    reference_pads = cfg.question_pads == "reference"
+    question = QuestionEncoder(n_question_words, cfg.embed_dim, cfg.hidden,  # type: ignore
+                               tfidf=cfg.tfidf_embedding,
+                               front=reference_pads and cfg.baseline == "updown",
+                               mask_pads=not (reference_pads and cfg.baseline == "ban"))
     image = RegionEncoder(cfg, n_concept_words)
     answerer = MODELS[cfg.baseline](cfg, image.out_dim, n_answers)
     return VQAModel(cfg, question, image, answerer)

@@ -211,6 +211,15 @@ class VQATask(TrainingTask):
         if glove is not None and fresh:  # a resumed run has trained embeddings in last.pt
             found = model.init_word_vectors(glove, data.question_vocab, self.concept_words)
             log.info("GloVe %s: %s", glove, found)
+        if cfg.model.tfidf_embedding and fresh:
+            if getattr(data, "tfidf", None) is None:
+                raise ValueError(f"vqa/{cfg.model.baseline}: vqa.model.tfidf_embedding needs the "
+                                 "question co-occurrence matrix in vqa.h5; set "
+                                 "preprocess.vqa.tfidf_questions (e.g. [train, val, test2015]) "
+                                 "and rebuild the store")
+            model.question.init_tfidf(data.tfidf)
+            log.info("tf-idf question embedding: T @ the %s embedding (%d co-occurrences)",
+                     "GloVe" if glove is not None else "initial", len(data.tfidf.values))
         self.model = model.to(resolve_device(cfg.device))
         place = getattr(data, "place", None)
         if callable(place):  # features on the GPU when they fit (mia.data.loaders)
