@@ -351,7 +351,10 @@ def test_optimizer_rebuilt_each_epoch_equals_a_new_adam():
     by_hand = copy.deepcopy(task.model)
     task.start_epoch(2)  # a new epoch: a new Adam
     assert not task.optimizer.state
-    new_adam = torch.optim.Adam(by_hand.parameters(), lr=task.cfg.lr, betas=task.cfg.betas)
+    from mia.training.step import adam_options  # the trainer's kernel (fused), not another
+
+    new_adam = torch.optim.Adam(by_hand.parameters(), lr=task.cfg.lr, betas=task.cfg.betas,
+                                **adam_options(task.device))
     for model, opt in ((task.model, task.optimizer), (by_hand, new_adam)):
         _manual_step(model, opt, batches[2])
         opt.step()

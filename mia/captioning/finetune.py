@@ -31,7 +31,7 @@ holds ``batch_size / 5`` training images with ALL their captions, as self-critic
 each caption its image's features: 16 CNN passes for a batch of 80 captions instead of 80.
 What that changes: each image gets ONE random crop and flip per step, shared by its captions
 (the released loader draws one per caption row), a batch holds 16 distinct images instead of
-up to 80 (BatchNorm statistics of the trained layers over 16 images), and an epoch visits each
+up to 80 (a BatchNorm in training mode takes its statistics over 16 images), and an epoch visits each
 image once with its captions together instead of the captions in a free order. Every caption
 is still seen once per epoch; ``batch_by: caption`` restores the released grouping.
 
