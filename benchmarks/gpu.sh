@@ -72,18 +72,20 @@ if [ "$check" = 1 ]; then
     step features       90 "$py" benchmarks/features.py --cpu-batches 1 --cpu-batch-size 1 --workers 0
     step finetune_input 90 "$py" benchmarks/finetune_input.py $d --check
     step training_step  90 "$py" benchmarks/training_step.py $d --check
+    step bottom_up     120 "$py" benchmarks/bottom_up.py --cpu-tiny-images 1 --cpu-full-images 0 --workers 0
     step cuda_tests     90 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider $gpu_tests
 else
     d="--device cuda"
-    step mia_module     30 "$py" benchmarks/mia_module.py $d
-    step captioners     40 "$py" benchmarks/captioners.py $d
-    step scst           50 "$py" benchmarks/scst.py $d
-    step vqa            40 "$py" benchmarks/vqa.py $d
-    step features       40 "$py" benchmarks/features.py --cpu-batches 0
-    step finetune_input 30 "$py" benchmarks/finetune_input.py $d
+    step mia_module     25 "$py" benchmarks/mia_module.py $d
+    step captioners     35 "$py" benchmarks/captioners.py $d
+    step scst           45 "$py" benchmarks/scst.py $d
+    step vqa            35 "$py" benchmarks/vqa.py $d
+    step features       25 "$py" benchmarks/features.py --cpu-batches 0
+    step finetune_input 25 "$py" benchmarks/finetune_input.py $d
     # compiled decoding (CUDA graphs) compiles first: up to a minute of these two steps
-    step training_step  85 "$py" benchmarks/training_step.py $d --throughput "$out/throughput.json"
-    step cuda_tests     85 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider $gpu_tests
+    step training_step  70 "$py" benchmarks/training_step.py $d --throughput "$out/throughput.json"
+    step bottom_up      80 "$py" benchmarks/bottom_up.py --cpu-tiny-images 2 --cpu-full-images 0
+    step cuda_tests     60 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider $gpu_tests
 fi
 echo "all steps in $((SECONDS - started)) s; tables in $out" | tee -a "$log"
 exit $failed

@@ -53,11 +53,16 @@ def feature_width(config: Mapping[str, Any], kind: str) -> int:
         return RESNETS[regions.get("backbone", "resnet152")][2]
     if source == "bottom_up_tsv":
         return int(regions.get("feature_dim", 2048))
+    if source == "bottom_up":  # the detector's res5 width (2048 for the public model)
+        from mia.features.bottom_up.config import bottom_up_config
+
+        return bottom_up_config(regions.get("bottom_up")).model.res5_channels
     return 2048  # detectron2: the Visual Genome Faster R-CNN's res5 (ResNet-101 C4)
 
 
 def check_workflow(config: Mapping[str, Any], source: str = "config") -> None:
     """Raise :class:`ConfigError` (key and message) for the first problem found."""
+    _check_regions(config, source)
     runs = _check_tables(config, source)
     captioning = config["captioning"]["baselines"]
     vqa = config["vqa"]["baselines"]
@@ -69,6 +74,20 @@ def check_workflow(config: Mapping[str, Any], source: str = "config") -> None:
         variants = sorted({v for t, b, v in runs if t == "vqa" and b == baseline}
                           or {"base", "mia"})
         _check_vqa(config, baseline, variants, source)
+
+
+def _check_regions(config: Mapping[str, Any], source: str) -> None:
+    """``features.regions`` builds the extractor's config (the bottom-up detector: its store
+    width equals ``bottom_up.max_boxes``, its model and selection settings are consistent)."""
+    from mia.features.regions import RegionFeatureConfig
+
+    try:
+        RegionFeatureConfig(**config["features"]["regions"])
+    except (TypeError, ValueError) as err:
+        text = str(err)
+        key = next((k for k in re.findall(r"features\.regions(?:\.[a-z_0-9]+)+", text)),
+                   "features.regions")
+        raise ConfigError(key, text, source) from None
 
 
 def _runs_of(config: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -44,6 +44,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 #: are bound by kernel launches (sequential steps of ~50-row matrix products).
 UTILISATION: dict[str, float] = {
     "grid features (ResNet-152)": 0.40,
+    "region features (bottom-up Faster R-CNN)": 0.30,
     "captioning XE: CNN fine-tuning": 0.35,
     "captioning XE: LSTM decoders + MIA": 0.10,
     "captioning XE: Transformer": 0.25,
@@ -212,6 +213,30 @@ def backbone_flops(backbone: str, size: int) -> float:
 
 
 @cache
+def detector_flops() -> float:
+    """Forward FLOPs of the bottom-up Faster R-CNN on one 600 x 800 image: ResNet-101 C4, the
+    RPN head, res5 and the class/attribute heads on the kept proposals (features.regions.source:
+    bottom_up)."""
+    import torch
+
+    from mia.features.bottom_up.config import FasterRCNNConfig
+    from mia.features.bottom_up.model import BottomUpFasterRCNN
+
+    cfg = FasterRCNNConfig()
+    with torch.device("meta"):
+        model = BottomUpFasterRCNN(cfg)
+        x = torch.empty(1, 3, 600, 800)
+        features = model.backbone(x)
+        rois = cfg.rpn_post_nms_topk
+        return (_count(lambda: model.backbone(x))
+                + _count(lambda: model.proposal_generator.rpn_head(features))
+                + _count(lambda: model.roi_heads.res5(torch.empty(rois, cfg.res4_channels, 14,
+                                                                   14)))
+                + _count(lambda: model.roi_heads.box_predictor(
+                    torch.empty(rois, cfg.res5_channels))))
+
+
+@cache
 def vqa_flops(model_json: str, question_vocab: int, answers: int, concepts: int) -> float:
     """Forward FLOPs of one question (14 words, 36 regions)."""
     import torch
@@ -280,6 +305,11 @@ class CostModel:
             images = s.coco_images if rule == "extract_grid_features" else s.test2015_images
             kind = "grid features (ResNet-152)"
             flops[kind] = images * backbone_flops(grid["backbone"], int(grid["image_size"]))
+        elif (rule in ("extract_region_features", "extract_test_region_features")
+              and self.config["features"]["regions"].get("source") == "bottom_up"):
+            kind = "region features (bottom-up Faster R-CNN)"
+            images = s.coco_images if rule == "extract_region_features" else s.test2015_images
+            flops[kind] = images * detector_flops()
         elif rule in ("build_concept_store", "build_test_concept_store"):
             c = self.config["features"]["concepts"]
             k = c["k"]["grid"]

@@ -12,9 +12,11 @@ proper torchvision nothing here runs. Always import torchvision through this mod
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 _FALLBACK_LIBRARY: torch.library.Library | None = None
+_NMS_BLOCK = 1024  # IoU rows computed at once by the fallback NMS (1024 x N floats)
 
 
 def _compiled_ops_present() -> bool:
@@ -26,28 +28,36 @@ def _compiled_ops_present() -> bool:
 
 
 def _nms_reference(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy NMS: indices of kept boxes, by decreasing score (torchvision's contract)."""
-    order = scores.argsort(descending=True)
+    """Greedy NMS: indices of kept boxes, by decreasing score (torchvision's contract: a stable
+    descending sort, a box suppressed when its IoU with a kept one is above the threshold).
+
+    Rows of the IoU matrix are computed a block at a time and the greedy sweep runs over numpy
+    booleans: 6,000 RPN proposals take tens of milliseconds, not the seconds a Python list of
+    36 million booleans took.
+    """
+    order = scores.argsort(descending=True, stable=True)
     if dets.numel() == 0:
         return order
-    x1, y1, x2, y2 = dets.unbind(1)
+    boxes = dets[order]
+    x1, y1, x2, y2 = boxes.unbind(1)
     areas = (x2 - x1) * (y2 - y1)
-    # Pairwise IoU once, then a cheap greedy sweep over a boolean matrix.
-    ix1 = torch.maximum(x1[:, None], x1[None, :])
-    iy1 = torch.maximum(y1[:, None], y1[None, :])
-    ix2 = torch.minimum(x2[:, None], x2[None, :])
-    iy2 = torch.minimum(y2[:, None], y2[None, :])
-    inter = (ix2 - ix1).clamp(min=0) * (iy2 - iy1).clamp(min=0)
-    iou = inter / (areas[:, None] + areas[None, :] - inter)
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
-    keep = []
-    overlaps = (iou > iou_threshold).tolist()
-    for i in order.tolist():
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= torch.tensor(overlaps[i])
-    return torch.tensor(keep, dtype=torch.long)
+    removed = np.zeros(len(boxes), dtype=bool)
+    keep: list[int] = []
+    for start in range(0, len(boxes), _NMS_BLOCK):
+        stop = min(start + _NMS_BLOCK, len(boxes))
+        rows, cols = slice(start, stop), slice(start, None)  # earlier boxes are decided
+        width = (torch.minimum(x2[rows, None], x2[None, cols])
+                 - torch.maximum(x1[rows, None], x1[None, cols])).clamp_(min=0)
+        height = (torch.minimum(y2[rows, None], y2[None, cols])
+                  - torch.maximum(y1[rows, None], y1[None, cols])).clamp_(min=0)
+        inter = width.mul_(height)
+        union = areas[rows, None] + areas[None, cols] - inter
+        over = (inter / union > iou_threshold).numpy()
+        for row in range(start, stop):
+            if not removed[row]:
+                keep.append(row)
+                removed[start:] |= over[row - start]
+    return order[torch.tensor(keep, dtype=torch.long)]
 
 
 def _install_fallback() -> None:

@@ -329,14 +329,47 @@ def provided_outputs(key):
 
 
 def region_inputs(wildcards):
-    """bottom_up_tsv reads the released TSVs; boxes/detectron2 read the images (+ COCO boxes)."""
+    """bottom_up_tsv reads the released TSVs; bottom_up the images and the detector's weights;
+    boxes/detectron2 read the images (+ COCO boxes)."""
     source = config["features"]["regions"]["source"]
     if source == "bottom_up_tsv":
         return {"karpathy": KARPATHY_JSON, "tsv_dir": bottom_up_dir()}
     inputs = {"karpathy": KARPATHY_JSON, "images": image_dirs()}
     if source == "boxes":
         inputs["instances"] = INSTANCES
+    if source == "bottom_up":
+        inputs["weights"] = bottom_up_weights()
     return inputs
+
+
+def bottom_up_weights():
+    """The Faster R-CNN weights of source bottom_up: features.regions.bottom_up.weights_path (a
+    local copy), else the download `weights` names, kept as {downloads_dir}/<key><suffix>."""
+    settings = config["features"]["regions"].get("bottom_up") or {}
+    if settings.get("weights_path"):
+        return settings["weights_path"]
+    key = settings.get("weights", "bottom_up_frcnn_weights")
+    if DEMO:
+        raise ValueError(
+            "features.regions.source: bottom_up on the demo world needs "
+            "features.regions.bottom_up.weights_path (the demo world downloads nothing)"
+        )
+    return downloaded_file(key)
+
+
+def downloaded_file(key):
+    """Where a plain-file download (model weights) lands: {downloads_dir}/<key><url suffix>."""
+    suffix = os.path.splitext(download_spec(key)["url"])[1]
+    return f"{DOWNLOADS}/{key}{suffix}"
+
+
+#: Region extraction on the GPU (the bottom-up detector) has resources of its own.
+REGION_RESOURCES = (
+    "bottom_up_features"
+    if config["features"]["regions"]["source"] == "bottom_up"
+    and "bottom_up_features" in config["resources"]
+    else "region_features"
+)
 
 
 def raw_root(wildcards, input):

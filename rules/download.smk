@@ -52,8 +52,35 @@ else:
         script:
             "../workflow_scripts/download_archive.py"
 
+    # A plain file (model weights): verified like an archive, kept as it is.
+    rule download_file:
+        output:
+            protected(f"{DOWNLOADS}/{{dataset}}.{{suffix}}"),
+        log:
+            f"{R}/logs/download/{{dataset}}.{{suffix}}.log",
+        benchmark:
+            f"{R}/benchmarks/download/{{dataset}}.{{suffix}}.tsv"
+        wildcard_constraints:
+            suffix="bin|pkl|pth|pt",
+        conda:
+            CORE_ENV
+        threads: res("download", "threads")
+        resources:
+            mem_mb=res("download", "mem_mb"),
+            runtime=res("download", "runtime"),
+        params:
+            url=lambda wc: download_spec(wc.dataset)["url"],
+            sha256=lambda wc: download_spec(wc.dataset)["sha256"],
+        script:
+            "../workflow_scripts/download_archive.py"
+
+    localrules:
+        download_file,
+
     # One extraction rule per download: each archive provides its own files of the raw layout.
     for _key, _spec in config["downloads"].items():
+        if "extract_to" not in _spec:
+            continue  # a plain file (download_file)
 
         rule:
             name:

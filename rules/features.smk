@@ -38,11 +38,11 @@ rule extract_region_features:
         "../envs/detectron2.yaml"
         if config["features"]["regions"]["source"] == "detectron2"
         else CORE_ENV
-    threads: res("region_features", "threads")
+    threads: res(REGION_RESOURCES, "threads")
     resources:
-        mem_mb=res("region_features", "mem_mb"),
-        runtime=res("region_features", "runtime"),
-        gpu=res("region_features", "gpu"),
+        mem_mb=res(REGION_RESOURCES, "mem_mb"),
+        runtime=res(REGION_RESOURCES, "runtime"),
+        gpu=res(REGION_RESOURCES, "gpu"),
     params:
         regions=config["features"]["regions"],
         root=raw_root,

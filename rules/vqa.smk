@@ -19,20 +19,22 @@ VQA_RUN = f"{R}/runs/vqa/{{baseline}}/{{variant}}/s{{seed}}"
 VQA_SERVER_TRAIN = config["vqa"]["server"].get("train", {})  # over each baseline's vqa.train
 
 # The test2015 regions come from the source of the Karpathy images' regions: the released
-# test2015_36 TSVs, the test images (detectron2), or given boxes (only the demo world has boxes
-# for its test images; COCO has none for test2015).
+# test2015_36 TSVs, the test images (bottom_up, detectron2), or given boxes (only the demo world
+# has boxes for its test images; COCO has none for test2015).
 _REGION_SOURCE = config["features"]["regions"]["source"]
 TEST_REGION_INPUTS = {"questions": VQA_TEST_QUESTIONS["test-std"]}
 if _REGION_SOURCE == "bottom_up_tsv":
     TEST_REGION_INPUTS["tsv_dir"] = raw("bottom_up/test2015_36")
 else:
     TEST_REGION_INPUTS["images"] = TEST_IMAGES
+if _REGION_SOURCE == "bottom_up":
+    TEST_REGION_INPUTS["weights"] = bottom_up_weights()
 if _REGION_SOURCE == "boxes":
     TEST_REGION_INPUTS["instances"] = [raw("annotations/instances_test2015.json")]
     if VQA_SERVER and not DEMO:
         raise ValueError(
             "features.regions.source: boxes reads COCO instance boxes, which test2015 does not "
-            "have; use bottom_up_tsv (test2015_36.zip) or detectron2 for the evaluation-server "
+            "have; use bottom_up_tsv (test2015_36.zip) or bottom_up for the evaluation-server "
             "runs, or set vqa.server.enabled: false"
         )
 # Every server file of the selected tables' VQA runs and seeds (`snakemake vqa_server`).
@@ -212,11 +214,11 @@ if VQA_SERVER:
             "../envs/detectron2.yaml"
             if config["features"]["regions"]["source"] == "detectron2"
             else CORE_ENV
-        threads: res("region_features", "threads")
+        threads: res(REGION_RESOURCES, "threads")
         resources:
-            mem_mb=res("region_features", "mem_mb"),
-            runtime=res("region_features", "runtime"),
-            gpu=res("region_features", "gpu"),
+            mem_mb=res(REGION_RESOURCES, "mem_mb"),
+            runtime=res(REGION_RESOURCES, "runtime"),
+            gpu=res(REGION_RESOURCES, "gpu"),
         params:
             regions=config["features"]["regions"],
         script:

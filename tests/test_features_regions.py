@@ -245,12 +245,15 @@ def test_region_dispatch_bottom_up_tsv(tmp_path, data_dir, coco_images):
 
 
 def brute_force_selection(boxes, scores, conf, iou_thr, min_b, max_b):
-    """The bottom-up rule written out with Python loops (generate_tsv.py's semantics)."""
+    """The bottom-up rule written out with Python loops (generate_tsv.py's semantics:
+    py-faster-rcnn's NMS counts a box's last pixel, and a count within [min_b, max_b] keeps the
+    passing boxes in proposal order)."""
     def iou(a, b):
-        ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-        iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+        iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
         inter = ix * iy
-        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+        return inter / ((a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1)
+                        * (b[3] - b[1] + 1) - inter)
 
     n, k = scores.shape
     max_conf = [0.0] * n
@@ -262,9 +265,11 @@ def brute_force_selection(boxes, scores, conf, iou_thr, min_b, max_b):
                 kept.append(i)
         for i in kept:
             max_conf[i] = max(max_conf[i], float(scores[i, c]))
+    passing = [i for i in range(n) if max_conf[i] >= conf]
+    if min_b <= len(passing) <= max_b:
+        return passing
     order = sorted(range(n), key=lambda i: (-max_conf[i], i))
-    passing = sum(m >= conf for m in max_conf)
-    return order[:min(max(passing, min_b), max_b)]
+    return order[:min_b if len(passing) < min_b else max_b]
 
 
 @pytest.mark.parametrize("min_b,max_b", [(3, 5), (2, 2), (8, 8)])

@@ -44,7 +44,7 @@ def test_gpu_sh_check_passes_on_the_cpu(tmp_path):
     assert done.returncode == 0, log[-6000:]
     assert "(device-image imports)" in log  # the guard was on
     steps = ["mia_module", "captioners", "scst", "vqa", "features", "finetune_input",
-             "training_step", "cuda_tests"]
+             "training_step", "bottom_up", "cuda_tests"]
     for name in steps:
         assert f"=== {name} done" in log, name
         assert (out / f"{name}.md").stat().st_size > 0, name

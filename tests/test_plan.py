@@ -103,3 +103,14 @@ def test_plan_totals_and_the_cli(paper, tmp_path, capsys):
     assert "50% (measured)" in out and "**total** | 3 |" in out
     saved = json.loads((tmp_path / "plan.json").read_text())
     assert len(saved["jobs"]) == 3 and saved["total_hours"] > 0
+
+
+def test_region_extraction_is_a_gpu_job_only_with_the_detector(paper):
+    tsv = CostModel(paper).cost(Job("extract_region_features"))
+    assert tsv.kind == "CPU" and not tsv.flops  # the released TSVs are read, not computed
+    detector = json.loads(json.dumps(paper))
+    detector["features"]["regions"]["source"] = "bottom_up"
+    cost = CostModel(detector).cost(Job("extract_region_features"))
+    per_image = cost.flops[cost.kind] / 123_287
+    assert cost.kind == "region features (bottom-up Faster R-CNN)"
+    assert 0.5e12 < per_image < 3e12  # ResNet-101 C4 at 600 x 800 + res5 on 300 RoIs

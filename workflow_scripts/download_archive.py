@@ -1,4 +1,5 @@
-"""Rule download_archive: fetch one ``downloads.<key>`` entry and verify its pinned SHA-256.
+"""Rules download_archive and download_file: fetch one ``downloads.<key>`` entry (an archive, or
+a plain file such as model weights) and verify its pinned SHA-256.
 
 A reproduction must verify its inputs, so an entry whose ``sha256`` is still null is refused
 here (at run time, so ``snakemake -n`` still shows the whole paper) with the key to fill in.

@@ -90,7 +90,8 @@ REQUIRED_DATASETS: dict[str, tuple[str, ...]] = {
 _PER_IMAGE: dict[str, tuple[str, ...]] = {
     "captions": ("split",),
     "grid_features": ("features",),
-    "region_features": ("features", "boxes", "num_boxes", "image_w", "image_h"),
+    "region_features": ("features", "boxes", "num_boxes", "image_w", "image_h", "class_ids",
+                        "class_scores", "attribute_ids", "attribute_scores"),
     "concepts": ("concept_ids", "concept_probs"),
 }
 

@@ -45,6 +45,13 @@ def _regions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tsv(args: argparse.Namespace) -> int:
+    from mia.features.bottom_up.tsv import export_bottomup_tsv
+
+    export_bottomup_tsv(args.store, args.out)
+    return 0
+
+
 def _concepts(args: argparse.Namespace) -> int:
     from mia.features.concepts import ConceptConfig, build_concept_store
 
@@ -69,3 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="config field override (repeatable)")
         sub.set_defaults(func=func)
+    tsv = commands.add_parser("tsv", help="a region store as a bottom-up TSV file (the "
+                                          "trainval_36 format), to share an extraction")
+    tsv.add_argument("--store", type=Path, required=True, help="regions_*.h5 store")
+    tsv.add_argument("--out", type=Path, required=True, help="output .tsv")
+    tsv.set_defaults(func=_tsv)

@@ -6,10 +6,12 @@ object classes; for each of its ~300 proposals, the mean-pooled res5 output (204
 class scores; per-class NMS (IoU ``nms_threshold`` = 0.3) over the proposals, each proposal
 keeping its best score among the classes for which it survives NMS; proposals whose best score
 reaches ``score_threshold`` (0.2) are kept, topped up or cut, by score, to exactly
-``num_boxes`` (min = max = 36, the ``trainval_36`` setting).
+``num_boxes`` (min = max = 36, the ``trainval_36`` setting): the rule of
+:mod:`mia.features.bottom_up.selection`.
 
 detectron2 is not on PyPI, so it is imported only when this source is used; see
-``envs/detectron2.yaml``. The selection rule itself is plain PyTorch and tested everywhere.
+``envs/detectron2.yaml``. ``features.regions.source: bottom_up`` runs the same model without
+detectron2 (plain PyTorch, tested on real images against its reference): prefer it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from mia.data.store import atomic_h5
+from mia.features.bottom_up.selection import select_boxes
 from mia.features.images import BadImage, BadImagesError, ImageList, check_image_list
 from mia.features.region_store import PADDING_ZEROS, RegionStoreWriter
-from mia.vision import torchvision
 
 INSTALL_HINT = (
     "detectron2 is not on PyPI: create the conda env in envs/detectron2.yaml (snakemake "
@@ -54,25 +56,6 @@ def import_detectron2() -> Any:
             f"features.regions.source is 'detectron2' but it cannot be imported ({err}). "
             f"{INSTALL_HINT}") from err
     return detectron2
-
-
-def select_boxes(boxes: torch.Tensor, scores: torch.Tensor, score_threshold: float,
-                 nms_threshold: float, min_boxes: int, max_boxes: int) -> torch.Tensor:
-    """Indices of the proposals kept by the bottom-up rule, best first.
-
-    ``boxes`` (R, 4) proposals, ``scores`` (R, K) foreground class probabilities (background
-    column removed). Per class: NMS over all proposals with that class's scores; a survivor's
-    confidence is the max over the classes it survives. Keep confidences >= ``score_threshold``,
-    at least ``min_boxes`` and at most ``max_boxes`` (by confidence).
-    """
-    max_conf = torch.zeros(len(boxes), dtype=scores.dtype, device=scores.device)
-    for cls in range(scores.shape[1]):
-        cls_scores = scores[:, cls]
-        keep = torchvision.ops.nms(boxes, cls_scores, nms_threshold)
-        max_conf[keep] = torch.maximum(max_conf[keep], cls_scores[keep])
-    order = torch.argsort(max_conf, descending=True, stable=True)
-    passing = int((max_conf >= score_threshold).sum())
-    return order[:min(max(passing, min_boxes), max_boxes)]
 
 
 class Detectron2RegionExtractor:

@@ -1,23 +1,39 @@
 """Writing ``region_features`` stores: one layout for every region source.
 
 Downstream code must not be able to tell a store imported from the bottom-up TSVs from one pooled
-on given boxes or extracted with detectron2, so all three go through :class:`RegionStoreWriter`:
+on given boxes or extracted by a detector, so all of them go through :class:`RegionStoreWriter`:
 the same datasets, dtypes, chunking and attribute keys (docs/CONTRACTS.md, ``regions_*``). Each
 image gets exactly ``max_boxes`` rows; ``num_boxes`` records how many came from the source.
 What fills the rows past ``num_boxes`` is the ``padding`` attribute: ``zeros`` (TSV, detectron2)
 or ``whole_image_and_grid`` (given boxes: real features of the whole image and grid cells).
+A detector's store (``bottom_up``) also holds what it saw in each box (:class:`BoxLabels`) and the
+names of its classes and attributes, so a figure can name a region.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
 PADDING_ZEROS = "zeros"
 PADDING_GRID = "whole_image_and_grid"
+#: Per-box datasets of a detector's store (what it saw in each box), (N, max_boxes) each.
+LABEL_DATASETS = ("class_ids", "class_scores", "attribute_ids", "attribute_scores")
+
+
+@dataclass(frozen=True)
+class BoxLabels:
+    """What a detector saw in each of an image's boxes (rows aligned with its boxes): the top
+    object class and its probability, the top attribute and its probability."""
+
+    class_ids: np.ndarray
+    class_scores: np.ndarray
+    attribute_ids: np.ndarray
+    attribute_scores: np.ndarray
 
 
 def grid_boxes(width: float, height: float, count: int) -> np.ndarray:
@@ -51,9 +67,15 @@ class RegionStoreWriter:
     """
 
     def __init__(self, f: h5py.File, max_boxes: int, rows: int | None, *, source: str,
-                 padding: str) -> None:
+                 padding: str, class_names: Sequence[str] | None = None,
+                 attribute_names: Sequence[str] | None = None) -> None:
         self.f = f
         self.max_boxes = max_boxes
+        # A detector's store also says what it saw in each box (LABEL_DATASETS).
+        self.labelled = class_names is not None
+        if self.labelled:
+            f.attrs["class_names"] = json.dumps(list(class_names))
+            f.attrs["attribute_names"] = json.dumps(list(attribute_names or []))
         self.rows = rows
         self.count = 0  # rows written
         self._seen: set[int] = set()  # image ids written: a duplicate stops the run at once
@@ -78,11 +100,20 @@ class RegionStoreWriter:
         make("num_boxes", (), np.int32)
         make("image_w", (), np.int32)
         make("image_h", (), np.int32)
+        if self.labelled:
+            for name in LABEL_DATASETS:
+                make(name, (b,), np.int32 if name.endswith("_ids") else np.float32)
 
     def put(self, image_id: int, features: np.ndarray, boxes: np.ndarray, num_boxes: int,
-            image_w: int, image_h: int, row: int | None = None) -> None:
+            image_w: int, image_h: int, row: int | None = None,
+            labels: BoxLabels | None = None) -> None:
         """Write one image. ``features`` (n, C) and ``boxes`` (n, 4) with n <= max_boxes rows
-        are zero-padded to ``max_boxes``; ``num_boxes`` is stored as given (capped)."""
+        are zero-padded to ``max_boxes``; ``num_boxes`` is stored as given (capped). A labelled
+        store needs ``labels`` (ids padded with -1, scores with 0)."""
+        if self.labelled != (labels is not None):
+            raise ValueError(f"image_id {image_id}: box labels "
+                             f"{'missing' if self.labelled else 'given'} for a store "
+                             f"{'with' if self.labelled else 'without'} class names")
         features = np.asarray(features, dtype=np.float32)
         boxes = np.asarray(boxes, dtype=np.float32)
         if "features" not in self.f:
@@ -108,7 +139,7 @@ class RegionStoreWriter:
         if row is None:
             row = self.count
             if self.rows is None:
-                for name in ("image_ids", "features", "boxes", "num_boxes", "image_w", "image_h"):
+                for name in self._datasets():
                     self.f[name].resize(row + 1, axis=0)
         elif self.filled is not None:
             self.filled[row] = True
@@ -118,6 +149,12 @@ class RegionStoreWriter:
         self.f["num_boxes"][row] = min(num_boxes, b)
         self.f["image_w"][row] = image_w
         self.f["image_h"][row] = image_h
+        if labels is not None:
+            for name in LABEL_DATASETS:
+                padded_labels = np.full(b, -1 if name.endswith("_ids") else 0,
+                                        dtype=self.f[name].dtype)
+                padded_labels[:n] = np.asarray(getattr(labels, name))[:n]
+                self.f[name][row] = padded_labels
         self._seen.add(int(image_id))
         self.count += 1
 
@@ -127,6 +164,31 @@ class RegionStoreWriter:
             raise ValueError("no image was written to the region store")
         if self.rows is not None and self.count < self.rows:
             # Sequential writers (boxes, detectron2) leave the skipped rows at the end.
-            for name in ("image_ids", "features", "boxes", "num_boxes", "image_w", "image_h"):
+            for name in self._datasets():
                 self.f[name].resize(self.count, axis=0)
         self.f.attrs["skipped_images"] = json.dumps(list(skipped))
+
+    def _datasets(self) -> tuple[str, ...]:
+        base = ("image_ids", "features", "boxes", "num_boxes", "image_w", "image_h")
+        return base + (LABEL_DATASETS if self.labelled else ())
+
+
+def box_names(f: h5py.File, row: int, attribute_threshold: float = 0.1) -> list[str] | None:
+    """What a detector saw in each box of row ``row`` of an open region store ("white dog";
+    the attribute only when its probability reaches ``attribute_threshold``, the bottom-up demo's
+    ``attr_thresh``), padding rows ""; None for stores without box labels."""
+    if "class_ids" not in f or "class_names" not in f.attrs:
+        return None
+    classes = json.loads(f.attrs["class_names"])
+    attributes = json.loads(f.attrs.get("attribute_names", "[]"))
+    names = []
+    for cls, attr, score in zip(f["class_ids"][row], f["attribute_ids"][row],
+                                f["attribute_scores"][row], strict=True):
+        if cls < 0:
+            names.append("")
+            continue
+        prefix = f"{attributes[attr]} " if 0 <= attr < len(attributes) and \
+            score >= attribute_threshold else ""
+        names.append(prefix + classes[cls])
+    return names
+

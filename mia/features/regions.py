@@ -1,13 +1,16 @@
-"""Region features: 36 boxes x C per image, from one of three sources (``features.regions.source``).
+"""Region features: 36 boxes x C per image, from one of four sources (``features.regions.source``).
 
 * ``bottom_up_tsv``: import Anderson et al.'s released Faster R-CNN features (``trainval_36``),
   what the paper used for its region baselines. Streams the ~25 GB of TSV one row at a time.
+* ``bottom_up``: run that Faster R-CNN (Visual Genome, public converted weights) on the images
+  ourselves, in plain PyTorch (:mod:`mia.features.bottom_up`): the features without the TSVs,
+  which can no longer be downloaded.
 * ``detectron2``: run a Visual Genome Faster R-CNN (ResNet-101 C4) with the bottom-up selection
   rule (:mod:`mia.features.detectron2_backend`), for images the released TSVs do not cover.
 * ``boxes``: RoIAlign over given boxes (COCO instances, or the demo world's shapes) on the last
   conv map of the grid backbone. No detector needed: the demo world and CPU machines use it.
 
-All three write the same store layout (:mod:`mia.features.region_store`).
+All of them write the same store layout (:mod:`mia.features.region_store`).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from mia.features.roi_align import roi_mean
 from mia.vision import USING_FALLBACK, torchvision
 
 log = logging.getLogger(__name__)
-SOURCES = ("bottom_up_tsv", "boxes", "detectron2")
+SOURCES = ("bottom_up_tsv", "bottom_up", "boxes", "detectron2")
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ class RegionFeatureConfig:
     is RoIAligned to ``roi_size`` x ``roi_size`` (``sampling_ratio`` fixed, ``aligned=True``) and
     mean-pooled. ``detectron2`` source: ``detectron2_config``/``detectron2_weights`` of a VG
     Faster R-CNN, selection by ``score_threshold``/``nms_threshold``, ``num_boxes`` kept.
-    ``bottom_up_tsv``: ``feature_dim`` is the TSV's feature width (2048).
+    ``bottom_up_tsv``: ``feature_dim`` is the TSV's feature width (2048). ``bottom_up``: the
+    detector's settings in ``bottom_up`` (:class:`mia.features.bottom_up.BottomUpConfig`), whose
+    ``max_boxes`` must be ``num_boxes``.
     """
 
     source: str = "bottom_up_tsv"
@@ -85,10 +90,19 @@ class RegionFeatureConfig:
     detectron2_weights: str | None = None
     score_threshold: float = 0.2
     nms_threshold: float = 0.3
+    bottom_up: dict | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"features.regions.source: {self.source!r} is not one of {SOURCES}")
+        if self.source == "bottom_up":
+            from mia.features.bottom_up.config import bottom_up_config
+
+            max_boxes = bottom_up_config(self.bottom_up).max_boxes
+            if max_boxes != self.num_boxes:
+                raise ValueError(
+                    f"features.regions.num_boxes ({self.num_boxes}) is the store's width and "
+                    f"must equal features.regions.bottom_up.max_boxes ({max_boxes})")
         for key in ("num_boxes", "image_size", "max_size", "roi_size", "sampling_ratio",
                     "batch_size", "feature_dim"):
             if getattr(self, key) < 1:
@@ -252,24 +266,34 @@ def _tsv_files(tsv_dir: str | os.PathLike) -> list[Path]:
 def extract_region_features(cfg: RegionFeatureConfig, out_h5: str | os.PathLike, *,
                             karpathy_json: str | os.PathLike, root: str | os.PathLike,
                             instances: Sequence[str | os.PathLike] = (),
-                            tsv_dir: str | os.PathLike | None = None) -> Path:
+                            tsv_dir: str | os.PathLike | None = None,
+                            weights: str | os.PathLike | None = None) -> Path:
     """The region store of every Karpathy image under ``root``, from ``cfg.source``.
 
     ``instances`` (COCO instance files) feed the ``boxes`` source; ``tsv_dir`` (default
-    ``{root}/bottom_up/trainval_36``) the ``bottom_up_tsv`` source.
+    ``{root}/bottom_up/trainval_36``) the ``bottom_up_tsv`` source; ``weights`` (default
+    ``bottom_up.weights_path``) the ``bottom_up`` source.
     """
     return extract_region_features_of(images_from_karpathy(karpathy_json, root), cfg, out_h5,
                                       instances=instances,
-                                      tsv_dir=tsv_dir or Path(root) / "bottom_up" / "trainval_36")
+                                      tsv_dir=tsv_dir or Path(root) / "bottom_up" / "trainval_36",
+                                      weights=weights)
 
 
 def extract_region_features_of(images: ImageList, cfg: RegionFeatureConfig,
                                out_h5: str | os.PathLike, *,
                                instances: Sequence[str | os.PathLike] = (),
-                               tsv_dir: str | os.PathLike | None = None) -> Path:
+                               tsv_dir: str | os.PathLike | None = None,
+                               weights: str | os.PathLike | None = None) -> Path:
     """The region store of ``images`` (``(image_id, path)`` pairs, kept in order) from
     ``cfg.source``: the Karpathy images above, or another image set (the evaluation server's
     test2015 images, whose TSVs are ``test2015_36``)."""
+    if cfg.source == "bottom_up":
+        from mia.features.bottom_up import bottom_up_config, extract_bottom_up_features
+
+        bottom_up = bottom_up_config(cfg.bottom_up)
+        return extract_bottom_up_features(images, out_h5, bottom_up,
+                                          weights or bottom_up.weights_path)
     if cfg.source == "bottom_up_tsv":
         if tsv_dir is None:
             raise ValueError("features.regions.source: bottom_up_tsv needs the folder of the "

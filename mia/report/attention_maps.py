@@ -122,9 +122,11 @@ class GridLayout:
 
 @dataclass(frozen=True)
 class BoxLayout:
-    """Region features: one box (x1, y1, x2, y2, in image pixels) per position."""
+    """Region features: one box (x1, y1, x2, y2, in image pixels) per position, and what a
+    detector saw in each when the store says (``names``, e.g. "white dog")."""
 
     boxes: np.ndarray  # (n, 4)
+    names: tuple[str, ...] | None = None
 
     @property
     def n(self) -> int:
@@ -194,7 +196,8 @@ def top_concepts(weights: np.ndarray, words: Sequence[str], count: int) -> list[
 def _cell_name(layout: Layout, index: int) -> str:
     if isinstance(layout, GridLayout):
         return f"cell (row {index // layout.cols + 1}, col {index % layout.cols + 1})"
-    return f"region {index}"
+    name = layout.names[index] if layout.names and index < len(layout.names) else ""
+    return f"region {index} ({name})" if name else f"region {index}"
 
 
 def draw_attention(image: np.ndarray, layout: Layout, panels: Sequence[Panel],

@@ -36,6 +36,7 @@ from mia.data.errors import load_json
 from mia.data.loaders import ConceptTable, FeatureTable, align_rows
 from mia.data.store import open_store, read_attrs
 from mia.data.vocab import Vocabulary
+from mia.features.region_store import box_names
 from mia.report.attention_maps import (
     BoxLayout,
     DrawnFigure,
@@ -136,6 +137,7 @@ def image_inputs(spec: RunSpec, image_id: int, vocab: Sequence[str]) -> ImageInp
     with open_store(spec.features) as f:
         kind = f.attrs.get("kind")
         boxes = f["boxes"][feature_row] if "boxes" in f else None
+        names = box_names(f, feature_row)  # a detector's store: what it saw in each box
         size = ((int(f["image_w"][feature_row]), int(f["image_h"][feature_row]))
                 if "image_w" in f else None)
     with open_store(spec.concepts, "concepts") as f:
@@ -146,7 +148,8 @@ def image_inputs(spec: RunSpec, image_id: int, vocab: Sequence[str]) -> ImageInp
     if kind == "region_features":
         if boxes is None:
             raise ValueError(f"{spec.features}: region store without 'boxes'")
-        layout: Layout = BoxLayout(np.asarray(boxes, dtype=np.float64))
+        layout: Layout = BoxLayout(np.asarray(boxes, dtype=np.float64),
+                                   tuple(names) if names is not None else None)
     else:
         side = math.isqrt(n)
         if side * side != n:
@@ -291,7 +294,7 @@ def visualize_attention(run_dirs: Sequence[str | os.PathLike], image_id: int,
     layout = first.layout
     if isinstance(layout, BoxLayout) and first.size is not None:
         sx, sy = image.shape[1] / first.size[0], image.shape[0] / first.size[1]
-        layout = BoxLayout(layout.boxes * np.array([sx, sy, sx, sy]))
+        layout = BoxLayout(layout.boxes * np.array([sx, sy, sx, sy]), layout.names)
     title = f"image {image_id}: accumulated attention of fused positions {list(positions)}"
     drawn = draw_attention(image, layout, panels, first.concept_words, list(positions), out_png,
                            out_json, top_words=top_words, title=title, image_id=image_id,
