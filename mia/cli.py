@@ -15,6 +15,7 @@ import importlib
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 
 import mia
 
@@ -27,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mia.features.cli",
     "mia.plan_cli",
     "mia.report.cli",
+    "mia.train_cli",
 )
 
 #: Exit status for bad usage or bad input (a file that is missing, malformed or damaged).
@@ -40,8 +42,38 @@ _BAD_INPUT = (ValueError, LookupError, TypeError, FileNotFoundError, IsADirector
               NotADirectoryError)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default (``(default: 4)``), except where there is none to
+    show: a required option, a default of ``None`` (the help then says what happens), an
+    ``append`` option's empty list."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, [], argparse.SUPPRESS) or (
+                isinstance(action.default, bool) and action.nargs == 0):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose help shows defaults; every subcommand's parser is one too
+    (argparse makes subparsers of the parent's class), so no command module can forget it."""
+
+    #: A function giving the description, called only when the help is shown (a command whose
+    #: help lists a config's defaults need not import torch for ``mia --help``).
+    describe: Callable[[], str] | None = None
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def format_help(self) -> str:
+        if self.describe is not None:
+            self.description = self.describe()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mia",
         description="Mutual Iterative Attention: data, features, training and evaluation tools.",
     )

@@ -126,6 +126,8 @@ def run_files(run, seed):
         histories = {"train": f"{d}/history.json"}
         benchmarks = {"train": f"{R}/benchmarks/train_vqa/{baseline}/{variant}/s{seed}.tsv"}
         per_item = None
+        predictions = f"{d}/answers_{split}.json"
+        models = {}
     else:
         histories = {st: f"{d}/{st}/history.json" for st in stages(run)}
         benchmarks = {
@@ -133,11 +135,16 @@ def run_files(run, seed):
             for st in stages(run)
         }
         per_item = f"{d}/per_image_{split}.json"
+        predictions = f"{d}/captions_{split}.json"
+        # which epoch a stage that starts from trained weights (SCST) published: 0 = kept XE's
+        models = {st: f"{d}/{st}/model.pt" for st in stages(run) if st != "xe"}
     return {
         "metrics": f"{d}/metrics_{split}.json",
         "per_item": per_item,
         "histories": histories,
         "benchmarks": benchmarks,
+        "predictions": predictions,
+        "models": models,
     }
 
 
@@ -198,6 +205,8 @@ def report_inputs(wildcards=None):
         "per_item": [f["per_item"] for f in files if f["per_item"]],
         "histories": [p for f in files for p in f["histories"].values()],
         "benchmarks": [p for f in files for p in f["benchmarks"].values()],
+        "predictions": [f["predictions"] for f in files],
+        "models": [p for f in files for p in f["models"].values()],
     }
     if "figure5" in selected_figures():
         inputs["figure5"] = f"{R}/figures/figure5"

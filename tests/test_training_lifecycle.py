@@ -211,7 +211,8 @@ def test_progress_lines_in_the_log(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
     assert len(lines) == 2  # steps 2 and 4 of 4
     assert lines[0].startswith("epoch 1/1 step 2/4 (global 2) loss ")
-    assert "lr 0.005" in lines[0] and "ETA epoch" in lines[0] and "rss " in lines[0]
+    assert "lr 0.005" in lines[0] and "epoch left" in lines[0] and "rss " in lines[0]
+    assert "run left" in lines[0] and "run elapsed" in lines[0]
 
 
 def test_job_log_holds_warnings_tracebacks_and_c_level_stderr(tmp_path):

@@ -15,5 +15,6 @@ if hasattr(smk.input, "figure5"):
 out = render_report(smk.params.config, smk.params.tables, smk.params.run_files, smk.output.html,
                     smk.output.figures, figure5=figure5, server_files=smk.params.server_files,
                     vqa_annotations=getattr(smk.input, "vqa_annotations", None),
-                    tables_dir=smk.output.tables, paper_figures_dir=smk.output.paper_figures)
+                    tables_dir=smk.output.tables, paper_figures_dir=smk.output.paper_figures,
+                    benchmarks_dir=smk.params.benchmarks_dir)
 log.info("report: %s", out)

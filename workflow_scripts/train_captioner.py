@@ -56,4 +56,4 @@ result = run_training_job(
                                      image_stores=image_stores), log,
     f"{captioner.baseline}/{captioner.variant} for {cfg.epochs} epochs",
     publish=(smk.output.history, smk.output.model))
-log.info("best val CIDEr-D %.4f at epoch %d", result.best_score, result.best_epoch)
+log.info("best val CIDEr-D %.2f (x100) at epoch %d", 100 * result.best_score, result.best_epoch)

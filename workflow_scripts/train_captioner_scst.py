@@ -39,7 +39,9 @@ result = run_training_job(
     log, f"SCST of {smk.wildcards.baseline}/{smk.wildcards.variant} for {cfg.epochs} epochs",
     publish=(smk.output.history, smk.output.model))
 if result.best_epoch == 0:
-    log.warning("no SCST epoch beat the XE model's val CIDEr-D %.4f: the stage keeps the XE "
-                "weights (lower the SCST learning rate or train XE longer)", result.best_score)
+    log.warning("no SCST epoch beat the XE model's val CIDEr-D %.2f (x100): the stage keeps the "
+                "XE weights (lower the SCST learning rate or train XE longer)",
+                100 * result.best_score)
 else:
-    log.info("best val CIDEr-D %.4f at SCST epoch %d", result.best_score, result.best_epoch)
+    log.info("best val CIDEr-D %.2f (x100) at SCST epoch %d", 100 * result.best_score,
+             result.best_epoch)

@@ -7,6 +7,7 @@ is already lower-cased and tokenised, so there is nothing else to undo).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,10 @@ from mia.captioning.beam import EOS, PAD, decode
 from mia.captioning.config import CaptionerConfig
 from mia.captioning.models import build_captioner
 from mia.io import write_json
+from mia.progress import Progress
 from mia.training.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def vocab_words(vocab: Any) -> list[str]:
@@ -82,14 +86,19 @@ def caption_split(model: torch.nn.Module, data: Any, split: str, beam_size: int,
             batches = with_store_images(batches, images, model.cfg.cnn_config(), train=False)
         else:
             batches = with_images(batches, images, images.cfg.workers)
-    for batch in batches:
-        if should_stop is not None and should_stop():
-            model.train(was_training)
-            return None
-        decoded = decode(model, move_batch(batch, device), beam_size, max_length, step_mode)
-        for image_id, tokens in zip(batch["image_ids"].tolist(), decoded.tokens.tolist(),
-                                    strict=True):
-            captions[int(image_id)] = " ".join(tokens_to_words(tokens, words))
+    rows = getattr(data, "split_rows", None)
+    total = len(rows(split)) if callable(rows) else None
+    with Progress(f"decoding {split} (beam {beam_size})", total, unit="images",
+                  logger=log) as progress:
+        for batch in batches:
+            if should_stop is not None and should_stop():
+                model.train(was_training)
+                return None
+            decoded = decode(model, move_batch(batch, device), beam_size, max_length, step_mode)
+            for image_id, tokens in zip(batch["image_ids"].tolist(), decoded.tokens.tolist(),
+                                        strict=True):
+                captions[int(image_id)] = " ".join(tokens_to_words(tokens, words))
+            progress.update(len(batch["image_ids"]))
     model.train(was_training)
     return captions
 

@@ -130,6 +130,7 @@ def loop_settings(cfg: SCSTConfig) -> LoopSettings:
                         grad_clip_norm=clip if cfg.grad_clip_mode == "norm" else 0.0,
                         grad_clip_value=clip if cfg.grad_clip_mode == "value" else 0.0,
                         max_nonfinite_steps=cfg.max_nonfinite_steps, score_key="val_cider",
+                        score_scale=100.0, score_name="val CIDEr-D (x100)",
                         precision=cfg.precision)
 
 
@@ -270,8 +271,8 @@ class SCSTTask(TrainingTask):
             keys = [k for k in _STATS if k != "greedy_cider" or self.cfg.baseline == "greedy"]
             metrics.update({f"train_{k}": self._sums[k] / self._steps for k in keys})
         if self.plateau is not None and self.plateau.step(score, self.optimizer):
-            log.info("val CIDEr-D %.4f: no improvement for %d epoch(s); learning rate now %.3g",
-                     score, self.cfg.plateau_patience + 1,
+            log.info("val CIDEr-D %.2f (x100): no improvement for %d epoch(s); learning rate now "
+                     "%.3g", 100 * score, self.cfg.plateau_patience + 1,
                      float(self.optimizer.param_groups[0]["lr"]))
         return metrics
 
@@ -292,9 +293,11 @@ def train_scst(cfg: SCSTConfig, data: Any, xe_model_path: str | os.PathLike,
     Resumes from ``out_dir/last.pt``; raises :class:`mia.training.Preempted` on a stop signal.
     ``inputs`` names the stores for error messages."""
     task = SCSTTask(cfg, data, xe_model_path, df_path, inputs)
+    xe_val = task.xe["val_cider"]
     log.info("SCST of %s/%s from %s (XE epoch %s, val CIDEr-D %s): %d epochs, %d images x %d "
              "samples a step, %s baseline, lr %.3g %s", task.captioner.baseline,
-             task.captioner.variant, xe_model_path, task.xe["epoch"], task.xe["val_cider"],
+             task.captioner.variant, xe_model_path, task.xe["epoch"],
+             f"{100 * xe_val:.2f} (x100)" if isinstance(xe_val, int | float) else xe_val,
              cfg.epochs, cfg.batch_size, cfg.samples_per_image, cfg.baseline, cfg.lr,
              cfg.lr_schedule)
     return fit(task, loop_settings(cfg), Path(out_dir))

@@ -102,6 +102,8 @@ def loop_settings(cfg: TrainConfig, score_key: str = "val_cider") -> LoopSetting
                         log_every=cfg.log_every, progress=cfg.progress,
                         grad_clip_norm=cfg.grad_clip_norm, grad_clip_value=cfg.grad_clip_value,
                         max_nonfinite_steps=cfg.max_nonfinite_steps, score_key=score_key,
+                        score_scale=100.0 if score_key == "val_cider" else 1.0,
+                        score_name="val CIDEr-D (x100)" if score_key == "val_cider" else "",
                         precision=cfg.precision)
 
 

@@ -76,8 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cap.add_argument("--out", type=Path, required=True, help="captions.h5 to write")
     cap.add_argument("--references-dir", type=Path, required=True,
                      help="directory for references_{train,val,test}.json")
-    cap.add_argument("--count-threshold", type=int, default=CaptionPreprocessConfig.count_threshold)
-    cap.add_argument("--max-length", type=int, default=CaptionPreprocessConfig.max_length)
+    cap.add_argument("--count-threshold", type=int,
+                     default=CaptionPreprocessConfig.count_threshold,
+                     help="keep a word seen at least this often in the training captions, else "
+                          "<unk> (the released code: 5)")
+    cap.add_argument("--max-length", type=int, default=CaptionPreprocessConfig.max_length,
+                     help="cut training captions to this many words (default: the longest "
+                          "caption, nothing cut)")
     cap.set_defaults(func=_captions)
 
     vqa = commands.add_parser("vqa", help="VQA v2 questions/annotations -> vqa.h5")
@@ -87,9 +92,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vqa.add_argument("--annotations", action="append", metavar="SPLIT=PATH", type=_split_path,
                      help="annotations file per split (none for test); repeat the option")
     vqa.add_argument("--out", type=Path, required=True, help="vqa.h5 to write")
-    vqa.add_argument("--min-answer-count", type=int, default=VQAPreprocessConfig.min_answer_count)
+    vqa.add_argument("--min-answer-count", type=int, default=VQAPreprocessConfig.min_answer_count,
+                     help="keep an answer seen at least this often in train+val (3,129 answers "
+                          "on VQA v2)")
     vqa.add_argument("--max-question-length", type=int,
-                     default=VQAPreprocessConfig.max_question_length)
+                     default=VQAPreprocessConfig.max_question_length,
+                     help="cut questions to this many words (bottom-up-attention-vqa: 14)")
     vqa.set_defaults(func=_vqa)
 
     verify = commands.add_parser(

@@ -27,7 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo-world`` command."""
     cmd = subparsers.add_parser("demo-world", help="generate the demo world in the raw data layout")
     cmd.add_argument("--root", type=Path, required=True, help="folder to write (data.root)")
-    cmd.add_argument("--num-images", type=int, default=DemoConfig.num_images)
-    cmd.add_argument("--image-size", type=int, default=DemoConfig.image_size)
-    cmd.add_argument("--seed", type=int, default=DemoConfig.seed)
+    cmd.add_argument("--num-images", type=int, default=DemoConfig.num_images,
+                     help="captioned images, split into train/restval/val/test (at least 4)")
+    cmd.add_argument("--image-size", type=int, default=DemoConfig.image_size,
+                     help="side of the square images in pixels (at least 48)")
+    cmd.add_argument("--seed", type=int, default=DemoConfig.seed,
+                     help="the world's seed: the same seed writes byte-identical files")
     cmd.set_defaults(func=_run)

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tarfile
 import tempfile
 import time
@@ -34,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
+from mia.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +242,9 @@ def _fetch_once(url: str, part: Path, cfg: DownloadConfig) -> bool:
             length = response.headers.get("Content-Length")
             expected_total = int(length) if length is not None else None
         received = offset
-        with open(part, mode) as f, tqdm(
-                total=expected_total, initial=offset, unit="B", unit_scale=True,
-                unit_divisor=1024, desc=part.name.removesuffix(".part"), file=sys.stderr,
-                disable=not cfg.progress, leave=False) as bar:
+        with open(part, mode) as f, Progress(
+                f"download {part.name.removesuffix('.part')}", expected_total, unit="MB",
+                scale=2**20, start=offset, logger=log, bar=cfg.progress) as bar:
             while True:
                 try:
                     chunk = response.read(cfg.chunk_size)

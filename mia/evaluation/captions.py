@@ -158,6 +158,10 @@ def tokenize(refs: Mapping[int, list[str]], res: Mapping[int, str]
     """coco-caption's PTB tokenisation of references and results, in one Java run."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+    from mia.evaluation.java import require_java
+
+    require_java("coco-caption's PTB tokenizer")
+
     both: dict[tuple[str, int], list[dict[str, str]]] = {}
     for image_id, caps in refs.items():
         both[("gts", image_id)] = [{"caption": c} for c in caps]

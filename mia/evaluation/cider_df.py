@@ -22,6 +22,8 @@ missing cached file is a common stumbling block of its users. Here the same cont
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,19 +104,23 @@ def read_document_frequency(path: str | os.PathLike, vocab: Sequence[str] | None
                                 "training references: python -m mia.captioning.scst --captions "
                                 "CAPTIONS_H5 --out FILE (the workflow's cider_document_frequency "
                                 "rule; mia.captioning.scst.write_store_document_frequency)")
-    with np.load(path, allow_pickle=False) as z:
-        if "format" not in z or str(z["format"]) != FORMAT:
-            raise ValueError(f"{path}: not a {FORMAT} file")
-        version = int(z["version"])
-        if version != VERSION:
-            raise ValueError(f"{path}: document-frequency file version {version}; this code "
-                             f"reads version {VERSION}: compute the file again")
-        config = CiderDConfig(n=int(z["n"]), sigma=float(z["sigma"]))
-        words = [str(w) for w in z["words"]]
-        ngrams, counts = z["ngrams"], z["df"].astype(np.float64)
-        stored_vocab = tuple(str(w) for w in z["vocab"]) or None
-        info = DocumentFrequencyFile(int(z["num_docs"]), int(z["num_sentences"]),
-                                     str(z["source"]), stored_vocab)
+    z = _read_arrays(path)
+    if "format" not in z or str(z["format"]) != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} file")
+    version = int(z["version"])
+    if version != VERSION:
+        raise ValueError(f"{path}: document-frequency file version {version}; this code "
+                         f"reads version {VERSION}: compute the file again")
+    missing = [k for k in ("n", "sigma", "words", "ngrams", "df", "vocab", "num_docs",
+                           "num_sentences", "source") if k not in z]
+    if missing:
+        raise ValueError(f"{path}: document-frequency file without {missing}; {_REBUILD}")
+    config = CiderDConfig(n=int(z["n"]), sigma=float(z["sigma"]))
+    words = [str(w) for w in z["words"]]
+    ngrams, counts = z["ngrams"], z["df"].astype(np.float64)
+    stored_vocab = tuple(str(w) for w in z["vocab"]) or None
+    info = DocumentFrequencyFile(int(z["num_docs"]), int(z["num_sentences"]),
+                                 str(z["source"]), stored_vocab)
     if vocab is not None and tuple(vocab) != stored_vocab:
         raise ValueError(f"{path}: made with a different caption vocabulary "
                          f"({0 if stored_vocab is None else len(stored_vocab)} words) than this "
@@ -131,6 +137,22 @@ def read_document_frequency(path: str | os.PathLike, vocab: Sequence[str] | None
     df.keys, df.counts = keys[order], counts[order]
     df.log_docs = float(np.log(float(info.num_docs)))
     return df, info
+
+
+_REBUILD = ("delete it and rerun the rule 'cider_document_frequency' (python -m "
+            "mia.captioning.scst --captions CAPTIONS_H5 --out FILE)")
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz``, read now, so an empty, cut or foreign file is one clear
+    error naming it (numpy alone says ``EOFError: No data left in file``)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {key: z[key] for key in z.files}
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile, zlib.error) as err:
+        why = "the file is empty" if path.stat().st_size == 0 else f"{type(err).__name__}: {err}"
+        raise ValueError(f"{path}: not a readable document-frequency file ({why}); "
+                         f"{_REBUILD}") from err
 
 
 def load_document_frequency(path: str | os.PathLike,

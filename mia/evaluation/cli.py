@@ -36,7 +36,9 @@ def _captions(args: argparse.Namespace) -> int:
     for name, reason in scores.skipped.items():
         if reason != "not requested":
             log.warning("%s not computed: %s", name, reason)
-    log.info("%s: %s", args.out, {k: v for k, v in scores.metrics.items() if v is not None})
+    shown = ", ".join(f"{k} {100 * v:.2f}" for k, v in scores.metrics.items() if v is not None)
+    log.info("%s: %s (x100, the paper's scale; the file holds coco-caption's 0-1 scores)",
+             args.out, shown)
     return 0
 
 

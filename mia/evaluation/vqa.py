@@ -227,6 +227,25 @@ def evaluate_vqa(questions: str | os.PathLike | Mapping[str, Any],
     }
 
 
+#: The ``data_subtype`` of the question files the evaluation server scores (test-dev and
+#: test-std; test-std's file holds every test2015 question).
+SERVER_SUBTYPES = ("test-dev2015", "test2015")
+
+
+def _check_server_split(data: Any, source: str) -> None:
+    """Refuse questions of another split (``val2014``): answers to them would be uploaded as a
+    test-dev/test-std result and scored against nothing."""
+    subtype = data.get("data_subtype") if isinstance(data, Mapping) else None
+    if subtype is None:
+        return  # a hand-made questions list: nothing to check against
+    if subtype not in SERVER_SUBTYPES:
+        raise VQAEvalError(f"{source}: questions of split {subtype!r} (its data_subtype); the "
+                           "evaluation server scores test-dev2015 (test-dev) and test2015 "
+                           "(test-std) questions only: pass "
+                           "v2_OpenEnded_mscoco_test-dev2015_questions.json or "
+                           "v2_OpenEnded_mscoco_test2015_questions.json")
+
+
 def write_test_server_results(answers: Mapping[int, str] | Sequence[Mapping[str, Any]],
                               questions: str | os.PathLike | Mapping[str, Any],
                               out: str | os.PathLike) -> Path:
@@ -243,8 +262,9 @@ def write_test_server_results(answers: Mapping[int, str] | Sequence[Mapping[str,
             by_id[qid] = answer
     else:
         by_id, source = load_results(answers)
-    qsource = "<questions dict>" if isinstance(questions, Mapping) else str(questions)
-    question_ids = load_question_ids(questions)
+    data, qsource = _parsed(questions, "questions")
+    _check_server_split(data, qsource)
+    question_ids = load_question_ids(questions)  # parsed again: its errors name the file
     _check_cover(question_ids, qsource, by_id, source)
     return write_json(out, [{"question_id": qid, "answer": by_id[qid]} for qid in question_ids],
                       indent=None)

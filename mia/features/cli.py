@@ -61,6 +61,31 @@ def _concepts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fields(cls: type) -> str:
+    """The ``--set`` keys of a config dataclass with their defaults, for the help."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        out.append(f"{f.name}={default}")
+    return ", ".join(out)
+
+
+def _config_class(name: str) -> type:
+    if name == "grid":
+        from mia.features.grid import GridFeatureConfig
+        return GridFeatureConfig
+    if name == "regions":
+        from mia.features.regions import RegionFeatureConfig
+        return RegionFeatureConfig
+    from mia.features.concepts import ConceptConfig
+    return ConceptConfig
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("features", help="grid, region and concept feature stores")
     commands = parser.add_subparsers(dest="features_command", metavar="STORE", required=True)
@@ -68,13 +93,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             ("grid", _grid, "ResNet grid features (grid_*.h5)"),
             ("regions", _regions, "36 region features (regions_*.h5)"),
             ("concepts", _concepts, "MIL concept words (concepts_*.h5)")):
-        sub = commands.add_parser(name, help=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.describe = lambda name=name, text=help_text: (  # type: ignore[attr-defined]
+            f"{text}. Settings (--set KEY=VALUE) and their defaults on this machine: "
+            f"{_fields(_config_class(name))}.")
         sub.add_argument("--root", type=Path, required=True, help="raw data root")
         sub.add_argument("--out", type=Path, required=True, help="output store (.h5)")
         if name == "concepts":
             sub.add_argument("--features", type=Path, required=True, help="grid_*.h5 store")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="config field override (repeatable)")
+                         help="a setting of the description's list, e.g. batch_size=16 "
+                              "(repeatable; values are YAML)")
         sub.set_defaults(func=func)
     tsv = commands.add_parser("tsv", help="a region store as a bottom-up TSV file (the "
                                           "trainval_36 format), to share an extraction")

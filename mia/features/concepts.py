@@ -36,11 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from mia.data.karpathy import read_karpathy
 from mia.data.store import StoreError, atomic_h5, open_store, read_attrs
 from mia.features.images import resolve_device
+from mia.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +324,9 @@ def train_concept_detector(words: CaptionWords, features_h5: str | os.PathLike,
             model.train()
             order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
             total = 0.0
-            for start in tqdm(range(0, len(order), cfg.batch_size), disable=not cfg.progress,
-                              desc=f"concepts epoch {epoch + 1}/{cfg.epochs}"):
+            starts = range(0, len(order), cfg.batch_size)
+            for start in track(starts, f"concept detector epoch {epoch + 1}/{cfg.epochs}",
+                               len(starts), unit="batches", logger=log, bar=cfg.progress):
                 rows = order[start:start + cfg.batch_size]
                 x = table.rows(rows).to(device)
                 y = torch.from_numpy(labels[rows]).to(device)
@@ -372,7 +373,8 @@ def extract_concepts(detector: ConceptDetector, features_h5: str | os.PathLike,
             probs = f.create_dataset("concept_probs", shape=(n, k), dtype=np.float32,
                                      chunks=(min(n, 1024), k))
             step = max(cfg.batch_size, 256)
-            for start in range(0, n, step):
+            for start in track(range(0, n, step), "concepts of every image", n, unit="images",
+                               logger=log, bar=cfg.progress, size=lambda s: min(step, n - s)):
                 rows = np.arange(start, min(n, start + step))
                 p = torch.from_numpy(predict(detector.model, table, rows, cfg.batch_size,
                                              detector.device))

@@ -16,6 +16,7 @@ detectron2 (plain PyTorch, tested on real images against its reference): prefer 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -25,12 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from mia.data.store import atomic_h5
 from mia.features.bottom_up.selection import select_boxes
 from mia.features.images import BadImage, BadImagesError, ImageList, check_image_list
 from mia.features.region_store import PADDING_ZEROS, RegionStoreWriter
+from mia.progress import track
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "detectron2 is not on PyPI: create the conda env in envs/detectron2.yaml (snakemake "
@@ -115,7 +118,8 @@ def extract_detectron2_features(images: ImageList, out_h5: str | os.PathLike, cf
                    attrs={"source": "detectron2"}) as f:
         writer = RegionStoreWriter(f, cfg.num_boxes, len(items), source="detectron2",
                                    padding=PADDING_ZEROS)
-        for image_id, path in tqdm(items, desc="regions detectron2", disable=not cfg.progress):
+        for image_id, path in track(items, "region features (detectron2)", len(items),
+                                    unit="images", logger=log, bar=cfg.progress):
             try:
                 with Image.open(path) as img:
                     rgb = np.asarray(img.convert("RGB"))

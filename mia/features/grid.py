@@ -16,14 +16,13 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from mia.data.store import atomic_h5
 from mia.features.backbone import build_resnet_trunk
@@ -33,11 +32,13 @@ from mia.features.images import (
     Decoded,
     ImageList,
     check_image_list,
+    default_workers,
     image_loader,
     images_from_karpathy,
     resize_square,
     resolve_device,
 )
+from mia.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class GridFeatureConfig:
     image_size: int = 224
     grid_size: int = 7
     batch_size: int = 64
-    num_workers: int = 4
+    num_workers: int = field(default_factory=default_workers)  # min(4, cores)
     device: str = "auto"
     bf16: bool = True
     channels_last: bool = True
@@ -152,8 +153,8 @@ def extract_grid_features(images: ImageList, out_h5: str | os.PathLike,
         feats = f.create_dataset("features", shape=(n, cells, channels), dtype=np.float16,
                                  chunks=(1, cells, channels), maxshape=(n, cells, channels))
         row = 0
-        for batch in tqdm(loader, desc=f"grid {cfg.backbone}", unit="batch",
-                          disable=not cfg.progress):
+        for batch in track(loader, f"grid features ({cfg.backbone})", n, unit="images",
+                           size=len, logger=log, bar=cfg.progress):
             good = [d for d in batch if isinstance(d, Decoded)]
             bad = [d for d in batch if isinstance(d, BadImage)]
             if bad and not cfg.skip_bad_images:

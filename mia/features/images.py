@@ -151,6 +151,24 @@ class ImageDataset(Dataset):
         return Decoded(image_id, path, pixels, width, height)
 
 
+#: Decoding workers wanted at most: beyond 4, JPEG decoding outruns a single GPU's ResNet pass.
+MAX_DEFAULT_WORKERS = 4
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask: a Slurm job's share, not the node's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Image-decoding workers when the config says nothing: ``min(4, cores)``, so a 2-core
+    laptop does not start 4 workers (and PyTorch's warning about it at every run)."""
+    return min(MAX_DEFAULT_WORKERS, available_cores())
+
+
 def _keep_list(batch: list) -> list:
     return batch
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mia.data.bottomup_tsv import iter_bottomup_tsv
 from mia.data.coco import read_coco_instances
@@ -35,6 +34,7 @@ from mia.features.images import (
     Decoded,
     ImageList,
     check_image_list,
+    default_workers,
     image_loader,
     images_from_karpathy,
     resize_shorter_side,
@@ -48,6 +48,7 @@ from mia.features.region_store import (
 )
 from mia.features.roi_align import roi_align as vectorised_roi_align
 from mia.features.roi_align import roi_mean
+from mia.progress import track
 from mia.vision import USING_FALLBACK, torchvision
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class RegionFeatureConfig:
     roi_size: int = 7
     sampling_ratio: int = 2
     batch_size: int = 8
-    num_workers: int = 4
+    num_workers: int = field(default_factory=default_workers)  # min(4, cores)
     device: str = "auto"
     bf16: bool = True
     seed: int = 0
@@ -136,8 +137,8 @@ def import_bottomup_tsv(tsv_paths: Sequence[str | os.PathLike], out_h5: str | os
         writer = RegionStoreWriter(f, cfg.num_boxes, None if row_of is None else len(row_of),
                                    source="bottom_up_tsv", padding=PADDING_ZEROS)
         for path in paths:
-            for rec in tqdm(iter_bottomup_tsv(path, cfg.feature_dim), desc=path.name,
-                            unit="img", disable=not cfg.progress):
+            for rec in track(iter_bottomup_tsv(path, cfg.feature_dim), f"bottom-up {path.name}",
+                             None, unit="images", logger=log, bar=cfg.progress):
                 if rec.image_id in written:
                     raise ValueError(f"{path}: image_id {rec.image_id} appears again (first in "
                                      f"{written[rec.image_id]}); the TSV files overlap")
@@ -233,8 +234,8 @@ def extract_box_features(images: ImageList, boxes_by_image: Mapping[int, np.ndar
                    attrs={"source": "boxes"}) as f:
         writer = RegionStoreWriter(f, cfg.num_boxes, len(items), source="boxes",
                                    padding=PADDING_GRID)
-        for batch in tqdm(loader, desc=f"regions {cfg.backbone}", unit="batch",
-                          disable=not cfg.progress):
+        for batch in track(loader, f"region features ({cfg.backbone})", len(items),
+                           unit="images", size=len, logger=log, bar=cfg.progress):
             bad = [d for d in batch if isinstance(d, BadImage)]
             if bad and not cfg.skip_bad_images:
                 raise BadImagesError(bad, "features.regions.skip_bad_images")

@@ -12,7 +12,9 @@ The shortcuts and feed-forward sub-layers are position-wise and leave this bookk
 
 Drawing: for one image and three fused positions (each its own colour), the accumulated visual
 attention over the image (a 7 x 7 heat map for grid features, weighted boxes for regions) and the
-top concept words with their accumulated weights, one panel per N.
+top concept words with their accumulated weights, one panel per N. The image is lightened under
+the heat map (:func:`background`) so the colours read on dark photos and on the demo's black
+scenes alike, and a colour scale beside the panels says what the opacity means.
 """
 
 from __future__ import annotations
@@ -38,7 +40,30 @@ from mia.io import write_json  # noqa: E402
 #: Colours of the three highlighted positions (red, green, blue, as in the paper's figure).
 COLOURS = ((0.89, 0.10, 0.11), (0.30, 0.69, 0.29), (0.22, 0.49, 0.72))
 #: Opacity of the heat map where a position's weight is largest.
-ALPHA = 0.6
+ALPHA = 0.75
+#: How far the image is blended towards white under the heat map (0: not at all).
+LIGHTEN = 0.55
+
+
+#: File suffixes the figure can be written as, and the format each names.
+IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The format ``path``'s suffix asks for (``fig.jpg`` is written as JPEG, not PNG bytes
+    under a .jpg name); an unknown suffix is refused before anything is computed."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: cannot write a figure as {suffix or 'a file without a suffix'}"
+                         f"; name it with one of {sorted(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
+
+
+def background(image: np.ndarray) -> np.ndarray:
+    """The image as drawn under the heat map: blended towards white by ``LIGHTEN``, so a heat
+    map over a dark image is not drawn on black (where every colour looks black)."""
+    lifted = np.asarray(image, dtype=np.float64) * (1 - LIGHTEN) + 255.0 * LIGHTEN
+    return np.clip(np.rint(lifted), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -225,21 +250,27 @@ def draw_attention(image: np.ndarray, layout: Layout, panels: Sequence[Panel],
     bad = [p for p in positions if not 0 <= p < n]
     if bad:
         raise ValueError(f"positions {bad} out of range 0..{n - 1}")
+    if top_words < 1:
+        raise ValueError(f"top_words must be >= 1 (concept words listed per position), got "
+                         f"{top_words}")
+    image_format(out_png)
     height, width = image.shape[:2]
     cols = len(panels)
     text_lines = 3 * len(positions)  # per position: its name and two lines of words
-    text_height = 0.16 * text_lines + 0.1
+    text_height = 0.2 * text_lines + 0.1
     image_height = 4.0 * min(1.5, max(0.5, height / width))
-    fig = plt.figure(figsize=(4.2 * cols, image_height + text_height + 0.6))
-    grid = fig.add_gridspec(2, cols, height_ratios=[image_height, text_height], hspace=0.04,
-                            wspace=0.06, left=0.02, right=0.98, top=1 - 0.45 / (
-                                image_height + text_height + 0.6), bottom=0.02)
+    fig_height = image_height + text_height + 0.6
+    fig = plt.figure(figsize=(4.2 * cols + 0.9, fig_height))
+    grid = fig.add_gridspec(2, cols + 1, height_ratios=[image_height, text_height],
+                            width_ratios=[4.2] * cols + [0.55], hspace=0.04, wspace=0.06,
+                            left=0.02, right=0.93, top=1 - 0.45 / fig_height, bottom=0.02)
+    shown = background(image)
     overlays, image_axes, numbers = [], [], []
     for j, panel in enumerate(panels):
         ax = fig.add_subplot(grid[0, j])
         weights = panel.visual[list(positions)]  # (P, n)
         overlay = overlay_rgba(weights, layout, height, width)
-        ax.imshow(image, extent=(0, width, height, 0))
+        ax.imshow(shown, extent=(0, width, height, 0))
         ax.imshow(overlay, extent=(0, width, height, 0))
         if isinstance(layout, BoxLayout):
             for p, row in enumerate(weights):
@@ -252,23 +283,25 @@ def draw_attention(image: np.ndarray, layout: Layout, panels: Sequence[Panel],
         ax.set_ylim(height, 0)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(panel.label, fontsize="medium")
+        ax.set_title(panel.label, fontsize="large")
         text_ax = fig.add_subplot(grid[1, j])
         text_ax.axis("off")
         entries = []
         for p, position in enumerate(positions):
             words = top_concepts(panel.concepts[position], concept_words, top_words)
             peak = int(np.argmax(panel.visual[position]))
-            lines = textwrap.wrap("  ".join(f"{w}\u00a0{v:.2f}" for w, v in words), 58)[:2]
-            text = "\n".join([f"\u25a0 position {position}, peak on {_cell_name(layout, peak)}",
+            lines = textwrap.wrap("  ".join(f"{w}\u00a0{v:.2f}" for w, v in words), 46)[:2]
+            text = "\n".join([f"\u25a0 position {position}: peak {_cell_name(layout, peak)}, "
+                              f"w {panel.visual[position][peak]:.2f}",
                               *(f"    {line}" for line in lines)])
-            text_ax.text(0.0, 1.0 - p / len(positions), text, color=COLOURS[p], fontsize=8,
+            text_ax.text(0.0, 1.0 - p / len(positions), text, color=COLOURS[p], fontsize=10,
                          va="top", ha="left", transform=text_ax.transAxes, linespacing=1.3)
             top_visual = np.argsort(-panel.visual[position])[:5]
             entries.append({
                 "position": int(position), "colour": "rgb({:.0f},{:.0f},{:.0f})".format(
                     *(255 * np.asarray(COLOURS[p]))),
                 "peak": _cell_name(layout, peak),
+                "peak_weight": round(float(panel.visual[position][peak]), 6),
                 "visual": [round(float(v), 6) for v in panel.visual[position]],
                 "top_visual": [[int(i), round(float(panel.visual[position][i]), 6)]
                                for i in top_visual],
@@ -276,11 +309,12 @@ def draw_attention(image: np.ndarray, layout: Layout, panels: Sequence[Panel],
         overlays.append(overlay)
         image_axes.append(ax)
         numbers.append({"label": panel.label, "run": panel.run, "positions": entries})
+    _colour_scale(fig.add_subplot(grid[0, cols]), len(positions))
     if title:
         fig.suptitle(title, fontsize="medium")
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, format="png", dpi=100)
+    fig.savefig(out_png, format=image_format(out_png), dpi=100)
     fig_height = fig.get_size_inches()[1] * 100
     boxes = []
     for ax in image_axes:
@@ -295,6 +329,23 @@ def draw_attention(image: np.ndarray, layout: Layout, panels: Sequence[Panel],
     out_json = Path(out_json) if out_json is not None else out_png.with_suffix(".json")
     write_json(out_json, result, indent=1)
     return DrawnFigure(out_png, out_json, overlays, boxes, result)
+
+
+def _colour_scale(ax: Any, count: int) -> None:
+    """One vertical bar per position colour, transparent to full: the heat map's opacity is a
+    pixel's weight as a share of that position's peak weight in the panel (given in the text)."""
+    ramp = np.linspace(0.0, 1.0, 64)[:, None]  # (64, 1), bottom = 0
+    image = np.ones((64, count, 4))
+    for p in range(count):
+        image[:, p, :3] = COLOURS[p]
+        image[:, p, 3] = ALPHA * ramp[:, 0]
+    ax.imshow(np.ones((64, count, 3)), origin="lower", aspect="auto", extent=(0, count, 0, 1))
+    ax.imshow(image, origin="lower", aspect="auto", extent=(0, count, 0, 1))
+    ax.set_xticks([])
+    ax.yaxis.tick_right()
+    ax.set_yticks([0, 0.5, 1.0])
+    ax.set_yticklabels(["0", "0.5", "peak"], fontsize=9)
+    ax.set_title("weight /\npeak", fontsize=9)
 
 
 def panel_weights(acc: AccumulatedAttention, item: int = 0, iteration: int | None = None

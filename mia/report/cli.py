@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     att.add_argument("--run", type=Path, action="append", required=True, metavar="RUN_DIR",
                      help="run folder with model.pt and run.json; repeat for one panel per run")
     att.add_argument("--image", type=int, required=True, help="image id (as in the stores)")
-    att.add_argument("--out", type=Path, required=True, help="PNG to write")
+    att.add_argument("--out", type=Path, required=True,
+                     help="figure to write; its suffix picks the format (.png, .jpg, .pdf, .svg)")
     att.add_argument("--json", type=Path, help="numbers drawn (default: --out with .json)")
     att.add_argument("--features", type=Path, help="feature store (overrides run.json)")
     att.add_argument("--concepts", type=Path, help="concept store (overrides run.json)")

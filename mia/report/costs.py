@@ -1,4 +1,7 @@
-"""What each run cost: wall time, CPU- and GPU-hours, peak memory, epochs, best epoch.
+"""What each run cost: wall time, CPU- and GPU-hours, peak memory, epochs, best epoch; and what
+the whole pipeline cost, stage by stage (data, feature extraction, training, decoding,
+evaluation), from every rule's benchmark file: at paper scale feature extraction and decoding are
+a large share, so training alone understates a reproduction's bill.
 
 Wall time, CPU time and peak resident memory (``max_rss``) come from the Snakemake benchmark TSV
 of each training stage. The device comes from the run's ``history.json`` when training recorded
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mia.report.benchmarks import read_benchmark
@@ -96,6 +100,9 @@ def stage_costs(inputs: ReportInputs, results: Mapping[str, RunResult],
                 else:
                     device, gpus = _config_device(config, task)
                 epoch, val, key = best_epoch(history)
+                outcome = result.stages.get(stage)
+                if outcome is not None and outcome.kept_start:  # epoch 0: the XE weights won
+                    epoch, val = 0, outcome.start_score
                 out.append(StageCost(
                     run=run, seed=seed, stage=stage or "train", device=device, gpu=gpus > 0,
                     wall_s=bench.wall_s,
@@ -114,3 +121,117 @@ def totals(costs: Sequence[StageCost]) -> CostTotals:
                       gpu_hours=sum(c.gpu_hours for c in costs),
                       max_rss_mb=max(rss) if rss else None,
                       devices=tuple(sorted({c.device for c in costs})))
+
+
+#: Every rule of the workflow: (pipeline stage, its ``resources`` entry in the config). The
+#: benchmark files live at ``results/<name>/benchmarks/<rule>[/...].tsv`` (``download/`` and
+#: ``extract/`` are the archive rules; ``train_captioner/.../scst.tsv`` is the SCST rule).
+RULE_STAGES: dict[str, tuple[str, str | None]] = {
+    "generate_demo_world": ("data", "demo_world"),
+    "generate_demo_test_set": ("data", "demo_world"),
+    "download_archive": ("data", "download"),
+    "extract_archive": ("data", "download"),
+    "build_caption_store": ("data", "preprocess"),
+    "build_vqa_store": ("data", "preprocess"),
+    "build_vqa_test_store": ("data", "preprocess"),
+    "cider_document_frequency": ("data", "preprocess"),
+    "extract_grid_features": ("features", "grid_features"),
+    "extract_test_grid_features": ("features", "grid_features"),
+    "extract_region_features": ("features", "region_features"),
+    "extract_test_region_features": ("features", "region_features"),
+    "build_concept_store": ("features", "concepts"),
+    "build_test_concept_store": ("features", "concepts"),
+    "train_captioner": ("training", "train_captioner"),
+    "train_captioner_scst": ("training", "train_captioner"),
+    "train_vqa": ("training", "train_vqa"),
+    "train_vqa_trainval": ("training", "train_vqa"),
+    "decode_captions": ("decoding", "decode"),
+    "answer_vqa": ("decoding", "decode"),
+    "answer_vqa_server": ("decoding", "decode"),
+    "evaluate_captions": ("evaluation", "evaluate"),
+    "evaluate_vqa": ("evaluation", "evaluate"),
+    "draw_figure5": ("figures", "report"),
+}
+#: The order the pipeline runs its stages in (the cost table's rows).
+PIPELINE_STAGES = ("data", "features", "training", "decoding", "evaluation", "figures", "other")
+#: Folder names under benchmarks/ that are not the rule's own name.
+_FOLDER_RULES = {"download": "download_archive", "extract": "extract_archive"}
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """One job's benchmark: its rule and pipeline stage."""
+
+    rule: str
+    stage: str
+    path: str
+    wall_s: float
+    cpu_hours: float | None
+    gpu_hours: float  # wall hours x the GPUs its rule requests
+    max_rss_mb: float | None
+
+
+@dataclass(frozen=True)
+class StageTotal:
+    """Every job of one pipeline stage."""
+
+    stage: str
+    rules: tuple[str, ...]
+    jobs: int
+    wall_s: float
+    cpu_hours: float | None
+    gpu_hours: float
+    max_rss_mb: float | None
+
+
+def benchmark_rule(relative: str) -> str:
+    """The rule that wrote a benchmark file, from its path under ``benchmarks/``."""
+    parts = relative.replace("\\", "/").split("/")
+    if len(parts) == 1:
+        return parts[0].removesuffix(".tsv")
+    rule = _FOLDER_RULES.get(parts[0], parts[0])
+    if rule == "train_captioner" and parts[-1] == "scst.tsv":
+        return "train_captioner_scst"
+    return rule
+
+
+def job_costs(benchmarks_dir: str | Path, config: Mapping[str, Any],
+              exclude: Sequence[str] = ("render_report",)) -> list[JobCost]:
+    """Every Snakemake benchmark file under ``benchmarks_dir`` (all rules' jobs that finished),
+    each with its stage and GPU-hours (wall hours x ``resources.<entry>.gpu`` of the config)."""
+    root = Path(benchmarks_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for path in sorted(root.rglob("*.tsv")):
+        relative = path.relative_to(root).as_posix()
+        rule = benchmark_rule(relative)
+        if rule in exclude:
+            continue
+        stage, entry = RULE_STAGES.get(rule, ("other", None))
+        bench = read_benchmark(path)
+        gpus = int(((config.get("resources") or {}).get(entry or "") or {}).get("gpu", 0) or 0)
+        out.append(JobCost(rule, stage, relative, bench.wall_s,
+                           None if bench.cpu_time_s is None else bench.cpu_time_s / 3600,
+                           bench.wall_s / 3600 * gpus, bench.max_rss_mb))
+    return out
+
+
+def stage_totals(jobs: Sequence[JobCost]) -> list[StageTotal]:
+    """The jobs summed per pipeline stage, in pipeline order, then a row for all of them."""
+    rows = []
+    for stage in PIPELINE_STAGES:
+        mine = [j for j in jobs if j.stage == stage]
+        if mine:
+            rows.append(_total(stage, mine))
+    if jobs:
+        rows.append(_total("all", list(jobs)))
+    return rows
+
+
+def _total(stage: str, jobs: Sequence[JobCost]) -> StageTotal:
+    cpu = [j.cpu_hours for j in jobs if j.cpu_hours is not None]
+    rss = [j.max_rss_mb for j in jobs if j.max_rss_mb is not None]
+    return StageTotal(stage, tuple(dict.fromkeys(j.rule for j in jobs)), len(jobs),
+                      sum(j.wall_s for j in jobs), sum(cpu) if cpu else None,
+                      sum(j.gpu_hours for j in jobs), max(rss) if rss else None)

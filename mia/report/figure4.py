@@ -1,7 +1,8 @@
 """Figure 4: every caption metric against MIA's number of iterations N = 1..5, for Visual
 Attention (VA) and Concept Attention (CA).
 
-One panel per metric; a line per model through its ``mia_n{N}`` runs (mean over seeds, error bars
+One panel per metric (a metric no run has, SPICE without its jars, gets none: the report says
+why); a line per model through its ``mia_n{N}`` runs (mean over seeds, error bars
 one sd where there are several), the model's baseline (no MIA) as a dashed horizontal line, and
 N = 2, the paper's choice, marked. A run that was not built leaves a gap in its line instead of
 an error, so the figure can be drawn while the sweep is still running. When no ``mia_n2`` run
@@ -91,14 +92,21 @@ def figure4_data(results: Mapping[str, RunResult],
     return data
 
 
+def drawn_metrics(data: Figure4Data) -> list[str]:
+    """The metrics that get a panel: a metric n/a for every run (SPICE without its jars) gets
+    none (an empty panel reads as a plotting bug); the report's caption says why it is left out."""
+    return [m for m in data.metrics if m not in data.missing_reason]
+
+
 def plot_figure4(data: Figure4Data, paper: PaperResults, out_png: str | os.PathLike) -> Path:
-    """Draw :class:`Figure4Data` (2 rows of panels); returns the PNG's path."""
-    cols = min(4, len(data.metrics))
-    rows = -(-len(data.metrics) // cols)
+    """Draw :class:`Figure4Data` (up to 4 panels a row); returns the PNG's path."""
+    metrics = drawn_metrics(data) or list(data.metrics)
+    cols = min(4, len(metrics))
+    rows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     n = np.array(data.n)
-    for ax, metric in zip(axes.flat, data.metrics, strict=False):
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         for i, model in enumerate(data.models):
             colour = colours[i % len(colours)]
             mean, std = data.mean[(model, metric)], data.std[(model, metric)]
@@ -122,10 +130,10 @@ def plot_figure4(data: Figure4Data, paper: PaperResults, out_png: str | os.PathL
             ax.set_yticks([])
             ax.text(0.5, 0.5, f"n/a\n({short_reason(data.missing_reason[metric])})", ha="center",
                     va="center", transform=ax.transAxes, fontsize="small", color="grey")
-    for ax in list(axes.flat)[len(data.metrics):]:
+    for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    for ax in list(axes.flat)[1:len(data.metrics)]:
+    for ax in list(axes.flat)[1:len(metrics)]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in labels:
                 handles.append(h)

@@ -21,19 +21,21 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mia.report.paper import PaperResults
 from mia.report.results import RunResult
-from mia.report.stats import Interval, bootstrap_gain
+from mia.report.stats import Interval, bootstrap_gain, holm
 
 CAPTION_GAIN_METRICS = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "SPICE")
 VQA_GAIN_METRICS = ("overall", "number")
 BLEU_NOTE = ("BLEU is corpus-level (n-gram counts pooled over images, then a geometric mean and "
              "brevity penalty), so it has no per-image mean to resample; interval left out")
-METEOR_NOTE = "interval on the mean per-image METEOR (coco-caption's corpus METEOR pools matches)"
+METEOR_NOTE = ("interval on the mean per-image METEOR gain (coco-caption's corpus METEOR pools "
+               "matches, so the point estimate shown, the difference of the tables' corpus "
+               "scores, is not the interval's centre)")
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,35 @@ class Gain:
     corpus: float | None  # difference of the tables' numbers (mean over seeds)
     interval: Interval | None
     note: str | None = None  # why there is no interval, or how to read it
+    flags: tuple[str, ...] = ()  # constant predictions behind either run's number
+    holm: bool = False  # still excludes zero after Holm's correction over the page's intervals
+
+    @property
+    def point(self) -> float | None:
+        """THE point estimate of this claim, shown everywhere: the difference of the numbers
+        the tables print (the interval's own estimate differs only for METEOR, see its note)."""
+        if self.corpus is not None:
+            return self.corpus
+        return None if self.interval is None else self.interval.estimate
+
+    @property
+    def direction(self) -> str:
+        return "neutral" if self.interval is None else self.interval.direction
 
     def sentence(self) -> str:
-        """``Visual Attention: MIA +3.1 CIDEr [95% CI 1.2, 5.0]: the interval excludes zero``."""
-        if self.interval is not None:
-            return f"{self.label}: {self.interval.sentence(self.header, digits=2)}"
+        """``Visual Attention: MIA +3.10 CIDEr [95% CI 1.20, 5.00]: MIA better (the interval
+        excludes zero)``."""
+        if self.interval is not None and self.point is not None:
+            i = self.interval
+            words = {"better": "MIA better (the interval excludes zero)",
+                     "worse": "MIA worse (the interval excludes zero)",
+                     "neutral": "consistent with no gain"}[i.direction]
+            if self.holm:
+                words += ", also after Holm's correction"
+            if self.flags:
+                words += "; constant predictions, see the note"
+            return (f"{self.label}: MIA {self.point:+.2f} {self.header} "
+                    f"[{100 * i.confidence:g}% CI {i.low:.2f}, {i.high:.2f}]: {words}")
         if self.corpus is None:
             return (f"{self.label}: no {self.header} gain "
                     f"({self.note or 'missing for one of the two runs'})")
@@ -121,9 +147,25 @@ def mia_gains(results: Mapping[str, RunResult], paper: PaperResults, settings: G
             if corpus is None and interval is None:
                 reason = (mia.value(metric).reason or base.value(metric).reason or "missing")
                 note = f"{metric} not available ({reason})"
+            flags = tuple(f"{name}: {flag}" for name, run in (("baseline", base), ("MIA", mia))
+                          for flag in run.degenerate(metric))
             gains.append(Gain(baseline, label, metric, paper.header(metric), corpus, interval,
-                              note))
-    return gains
+                              note, flags))
+    return with_holm(gains, 1.0 - settings.confidence)
+
+
+def with_holm(gains: Sequence[Gain], alpha: float) -> list[Gain]:
+    """Mark the gains whose interval still excludes zero after Holm's correction over every
+    interval of the page (the family is all of them: a reader scans them together)."""
+    tested = [g for g in gains if g.interval is not None]
+    rejected = holm([g.interval.p_value for g in tested], alpha)  # type: ignore[union-attr]
+    keep = {id(g) for g, r in zip(tested, rejected, strict=True) if r}
+    return [replace(g, holm=id(g) in keep) for g in gains]
+
+
+def comparisons(gains: Sequence[Gain]) -> int:
+    """How many intervals the page shows (the family of the correction)."""
+    return sum(g.interval is not None for g in gains)
 
 
 
@@ -170,9 +212,12 @@ def gain_tables(gains: Sequence[Gain]) -> list[GainTable]:
         markers: dict[str, str] = {}
         note_of = {}
         for g in mine:
-            if g.note:
-                note_of[(g.baseline, g.metric)] = markers.setdefault(
-                    g.note, "abcdefghijklmnopqrstuvwxyz"[len(markers) % 26])
+            texts = ([g.note] if g.note else []) + [f"{g.label}, {f}" for f in g.flags]
+            note_of[(g.baseline, g.metric)] = ",".join(
+                markers.setdefault(t, "abcdefghijklmnopqrstuvwxyz"[len(markers) % 26])
+                for t in texts)
+            if not texts:
+                del note_of[(g.baseline, g.metric)]
         headers = tuple(next(g.header for g in mine if g.metric == m) for m in metrics)
         rows = tuple(GainRow(b, label, cells, _resampled(task, cells))
                      for b, (label, cells) in by_baseline.items())

@@ -6,7 +6,9 @@ into these typed records and refuses a misspelt key, so a wrong path never silen
     run_files = {run_id: {seed: {"metrics": path,            # mia evaluate captions|vqa JSON
                                  "per_item": path | None,    # captions: --per-image JSON
                                  "histories": {stage: path}, # history.json per training stage
-                                 "benchmarks": {stage: path}}}}  # Snakemake benchmark TSVs
+                                 "benchmarks": {stage: path},  # Snakemake benchmark TSVs
+                                 "predictions": path | None,   # optional: captions/answers JSON
+                                 "models": {stage: path}}}}    # optional: model.pt per stage
     server_files = {run_id: {seed: {"test-dev": path, "test-std": path}}}  # optional
     figure5 = {panel_label: [png, ...]}   # optional; a JSON with the same stem beside each PNG
     vqa_annotations = path | None         # optional; answer type of each question (Number CI)
@@ -63,19 +65,24 @@ class SeedFiles:
     per_item: Path | None = None
     histories: dict[str, Path] = field(default_factory=dict)
     benchmarks: dict[str, Path] = field(default_factory=dict)
+    predictions: Path | None = None  # what was scored: flags constant predictions
+    models: dict[str, Path] = field(default_factory=dict)  # which epoch each stage published
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> SeedFiles:
         if not isinstance(d, Mapping):
             raise ValueError(f"{where}: expected a mapping with 'metrics', got {type(d).__name__}")
-        _refuse_unknown(d, {"metrics", "per_item", "histories", "benchmarks"}, where)
+        _refuse_unknown(d, {"metrics", "per_item", "histories", "benchmarks", "predictions",
+                            "models"}, where)
         if "metrics" not in d:
             raise ValueError(f"{where}: 'metrics' (the metrics JSON path) is required")
-        per_item = d.get("per_item")
+        per_item, predictions = d.get("per_item"), d.get("predictions")
         return cls(metrics=Path(d["metrics"]),
                    per_item=None if per_item in (None, "") else Path(per_item),
                    histories=_paths(d.get("histories"), f"{where}.histories"),
-                   benchmarks=_paths(d.get("benchmarks"), f"{where}.benchmarks"))
+                   benchmarks=_paths(d.get("benchmarks"), f"{where}.benchmarks"),
+                   predictions=None if predictions in (None, "") else Path(predictions),
+                   models=_paths(d.get("models"), f"{where}.models"))
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,23 @@ class Interval:
     n_base_seeds: int
     n_mia_seeds: int
     n_resamples: int
+    #: Two-sided bootstrap p-value of "no gain": twice the smaller share of resamples on either
+    #: side of zero (each share counted as (k + 1) / (R + 1), so never 0). It agrees with the
+    #: percentile interval: the interval excludes zero iff p < 1 - confidence (up to ties).
+    p_value: float = 1.0
 
     @property
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
+
+    @property
+    def direction(self) -> str:
+        """``better`` / ``worse`` when the interval excludes zero on that side, else ``neutral``."""
+        if self.low > 0:
+            return "better"
+        if self.high < 0:
+            return "worse"
+        return "neutral"
 
     def verdict(self) -> str:
         """The interval in words: does it rule out "no gain"?"""
@@ -139,6 +152,23 @@ def bootstrap_gain(base: np.ndarray, mia: np.ndarray, *, n_resamples: int = 10_0
             stats[start:start + size] = per_item.ravel()[items].mean(1)
     alpha = 1.0 - confidence
     low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    below = (np.count_nonzero(stats <= 0) + 1) / (n_resamples + 1)
+    above = (np.count_nonzero(stats >= 0) + 1) / (n_resamples + 1)
     return Interval(estimate=float(mia.mean() - base.mean()), low=float(low), high=float(high),
                     confidence=confidence, n_items=n, n_base_seeds=base.shape[0],
-                    n_mia_seeds=mia.shape[0], n_resamples=n_resamples)
+                    n_mia_seeds=mia.shape[0], n_resamples=n_resamples,
+                    p_value=float(min(1.0, 2 * min(below, above))))
+
+
+def holm(p_values: Sequence[float], alpha: float) -> list[bool]:
+    """Holm's step-down correction: which hypotheses are rejected with a family-wise error rate
+    of ``alpha`` over all of ``p_values`` (sorted ascending, the i-th smallest is compared with
+    ``alpha / (m - i)``, stopping at the first that is not below it)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    m = len(p_values)
+    for rank, i in enumerate(order):
+        if p_values[i] > alpha / (m - rank):
+            break
+        rejected[i] = True
+    return rejected

@@ -36,6 +36,7 @@ class Cell:
     best_ours: bool = False
     best_paper: bool = False
     note: str | None = None  # footnote marker of the reason ours is n/a
+    flags: tuple[tuple[str, str], ...] = ()  # (badge, footnote marker): what the number hides
 
     @property
     def diff(self) -> float | None:
@@ -71,6 +72,8 @@ class Table:
 def short_reason(reason: str) -> str:
     """A few words for a table cell; the whole reason goes to the table's notes."""
     lowered = reason.lower()
+    if lowered.startswith("seed ") and " is " in lowered:
+        return "not a number"
     for needle, short in (("not requested", "not requested"), ("java", "no Java"),
                           ("corenlp", "no CoreNLP jars"), ("no server result", "not submitted"),
                           ("not computed", "not computed")):
@@ -110,7 +113,7 @@ def build_table(key: str, spec: Mapping[str, Any], results: Mapping[str, RunResu
     missing = [r for r in runs if r not in results]
     if missing:
         raise ValueError(f"table {key}: no results for run(s) {missing}")
-    reasons: dict[str, str] = {}  # full reason -> footnote marker
+    reasons: dict[str, str] = {}  # full reason or note -> footnote marker
 
     def ours(run: str, column: Column) -> Value:
         result = results[run]
@@ -130,19 +133,39 @@ def build_table(key: str, spec: Mapping[str, Any], results: Mapping[str, RunResu
                                  strict=True):
                 best_paper[(run, c.key)] = flag
 
+    def marker(text: str) -> str:
+        return reasons.setdefault(text, "abcdefghijklmnopqrstuvwxyz"[len(reasons) % 26])
+
     rows = []
     for run in runs:
+        outcomes = [o for o in results[run].stage_outcome("scst") if o.kept_start]
         cells = []
         for c in columns:
             value = values[(run, c.key)]
             note = None
             if value.mean is None and value.reason:
-                note = reasons.setdefault(value.reason, "abcdefghijklmnopqrstuvwxyz"[
-                    len(reasons) % 26])
+                note = marker(f"n/a: {value.reason}")
+            flags = []
+            if value.dropped and value.mean is not None:
+                flags.append((f"{value.n} of {value.seeds_total} seeds", marker(
+                    "; ".join(f"seed {s} left out: {why}" for s, why in value.dropped))))
+            if value.mean is not None and value.flags:
+                flags.append(("constant", ",".join(marker(f) for f in value.flags)))
+            if outcomes and not c.server and value.mean is not None:
+                which = ("" if len(outcomes) == len(results[run].seeds) else
+                         f" (seed{'s' if len(outcomes) > 1 else ''} "
+                         f"{', '.join(str(o_seed) for o_seed in _seeds_of(results[run], outcomes))})")
+                flags.append(("XE weights", marker(
+                    f"{paper.label(run)}{which}: {outcomes[0].note()}")))
             cells.append(Cell(value, paper.value(run, c.key), best_ours[(run, c.key)],
-                              best_paper[(run, c.key)], note))
+                              best_paper[(run, c.key)], note, tuple(flags)))
         rows.append(Row(run, paper.label(run), group_of[run],
                         tuple(sorted(results[run].seeds)), tuple(cells)))
-    notes = tuple((marker, reason) for reason, marker in reasons.items())
+    notes = tuple((m, reason) for reason, m in reasons.items())
     return Table(key, spec.get("title", key), spec["task"], tuple(columns), tuple(groups),
                  tuple(rows), notes)
+
+
+def _seeds_of(result: RunResult, outcomes: Sequence[object]) -> list[int]:
+    return [seed for seed, r in result.seeds.items() if any(o in r.stages.values()
+                                                            for o in outcomes)]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mia.data.errors import load_json
 from mia.data.loaders import ConceptTable, FeatureTable, align_rows
@@ -122,7 +122,15 @@ class ImageInputs:
 
 
 def _row(store_ids: np.ndarray, image_id: int, path: Path) -> int:
-    return int(align_rows(store_ids, np.array([image_id]), path, f"image {image_id}")[0])
+    """The store row of ``image_id``; an image the store lacks is the user's choice, not a
+    damaged store: say which images there are."""
+    ids = np.asarray(store_ids)
+    if not (ids == image_id).any():
+        sample = ", ".join(str(int(i)) for i in ids[:5])
+        raise ValueError(f"image {image_id} is not in {path} (the run's store: {len(ids)} "
+                         f"images, e.g. {sample}); choose one of its images with --image, or "
+                         "pass --features/--concepts stores that hold it")
+    return int(align_rows(ids, np.array([image_id]), path, f"image {image_id}")[0])
 
 
 def image_inputs(spec: RunSpec, image_id: int, vocab: Sequence[str]) -> ImageInputs:
@@ -232,8 +240,15 @@ def find_image(images_root: Path | None, image_id: int) -> Path:
 
 
 def load_image(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    """The image as (H, W, 3) uint8; a file PIL cannot read is bad input naming the file."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: not an image that can be read ({type(err).__name__}: "
+                         f"{err}); pass a JPEG or PNG with --image-file") from err
 
 
 def visualize_attention(run_dirs: Sequence[str | os.PathLike], image_id: int,
@@ -249,9 +264,14 @@ def visualize_attention(run_dirs: Sequence[str | os.PathLike], image_id: int,
     ``iterations``, one panel per iteration k of a single run. Positions: the three most
     concentrated (see :func:`choose_positions`) unless given."""
     from mia.captioning.decode import load_captioner
+    from mia.report.attention_maps import image_format
 
     if not run_dirs:
         raise ValueError("give at least one run folder")
+    image_format(out_png)  # before any model is loaded: a bad --out fails at once
+    if top_words < 1:
+        raise ValueError(f"--top-words must be >= 1 (concept words listed per position), got "
+                         f"{top_words}")
     if iterations and len(run_dirs) != 1:
         raise ValueError("--iterations draws the iterations of ONE run; give a single --run")
     panels: list[Panel] = []

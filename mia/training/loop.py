@@ -93,6 +93,8 @@ class LoopSettings:
     grad_clip_value: float = 0.0  # clamp each gradient element to +-value (0: no clamping)
     max_nonfinite_steps: int = 5  # steps with a non-finite loss/gradient skipped before failing
     score_key: str = "val_score"  # the validation metric that selects best.pt (higher = better)
+    score_scale: float = 1.0  # x this in log lines: the paper's scale (100 for CIDEr-D's 0..1)
+    score_name: str = ""  # how log lines name the score ("" = score_key)
     precision: str = "auto"  # auto | fp32 | bf16 (mia.training.precision)
 
 
@@ -270,8 +272,9 @@ def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) 
                    **{k: float(v) for k, v in metrics.items()}}
             state.history.append(row)
             score = float(metrics[settings.score_key])
-            log.info("epoch %d/%d done: train loss %.4f, %s %.4f%s (train %s, validation %s)",
-                     state.epoch, settings.epochs, row["train_loss"], settings.score_key, score,
+            log.info("epoch %d/%d done: train loss %.4f, %s %.2f%s (train %s, validation %s)",
+                     state.epoch, settings.epochs, row["train_loss"],
+                     settings.score_name or settings.score_key, score * settings.score_scale,
                      " (best so far)" if score > state.best_score else "",
                      format_duration(row["wall_s"]), format_duration(row["val_wall_s"]))
             if score > state.best_score:  # strictly: a tie keeps the earlier epoch
@@ -379,8 +382,9 @@ def _score_starting_point(task: TrainingTask, settings: LoopSettings, state: Loo
     state.best_score, state.best_epoch = float(metrics[settings.score_key]), 0
     state.best_metrics = {k: float(v) for k, v in metrics.items()}
     state.best_sha256 = save_checkpoint(task.best_checkpoint(0, metrics), best_path)
-    log.info("starting weights: %s %.4f (epoch 0 of the selection: an epoch must beat it to "
-             "replace best.pt)", settings.score_key, state.best_score)
+    log.info("starting weights: %s %.2f (epoch 0 of the selection: an epoch must beat it to "
+             "replace best.pt)", settings.score_name or settings.score_key,
+             state.best_score * settings.score_scale)
 
 
 def _stop_if_requested(stop: StopSignals, state: LoopState, where: str) -> None:
@@ -402,8 +406,14 @@ def _train_epoch(task: TrainingTask, settings: LoopSettings, state: LoopState,
     later = None
     if steps is not None:
         later = sum(task.num_batches(e) or 0 for e in range(state.epoch + 1, settings.epochs + 1))
+    timed = [float(r["val_wall_s"]) for r in state.history if r.get("val_wall_s") is not None]
     progress = ProgressLog(log, state.epoch, settings.epochs, steps, state.step_in_epoch,
-                           settings.log_every, settings.progress, task.device, later)
+                           settings.log_every, settings.progress, task.device, later,
+                           validation_s=sum(timed) / len(timed) if timed else None,
+                           validations_left=settings.epochs - state.epoch + 1,
+                           elapsed_before=sum(float(r.get("wall_s", 0)) + float(
+                               r.get("val_wall_s", 0)) for r in state.history)
+                           + state.epoch_wall_s)
     params = [p for p in task.model.parameters() if p.requires_grad]
     record = StepRecord()
     started = time.monotonic()

@@ -2,31 +2,26 @@
 
 A days-long job on a cluster is watched through its log file, so the log gets a line every
 ``log_every`` steps whatever the terminal: step, loss (mean since the last line), learning rate,
-steps per second, ETA of the epoch and of the run, and memory (resident set size; CUDA peak when
-on a GPU). A progress bar (tqdm) is drawn only on the job's terminal (:func:`mia.runlog.console`),
-never into the log.
+steps per second, the time left in the epoch and in the run, the time elapsed, and memory
+(resident set size; CUDA peak when on a GPU). The run's time left counts the validations still
+to come (their mean duration so far: decoding the val split can take as long as an epoch), and
+says when it has none to go on yet. The bar (tqdm) follows ``progress`` as
+:func:`mia.progress.bar_stream` says, never into the log.
 """
 
 from __future__ import annotations
 
 import logging
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from mia import runlog
+from mia.progress import Bar, format_duration
 
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+__all__ = ["ProgressLog", "format_duration", "memory_summary"]
 
 
 def memory_summary(device: torch.device | None = None) -> str:
@@ -51,37 +46,36 @@ class ProgressLog:
     bar: bool | str = "auto"  # True, False, or "auto" = when a terminal watches
     device: torch.device | None = None
     remaining_epochs_steps: int | None = None  # steps of the epochs after this one, for the ETA
+    validation_s: float | None = None  # mean duration of a validation so far (None: none yet)
+    validations_left: int = 0  # validations still to run, this epoch's included
+    elapsed_before: float = 0.0  # seconds the run trained and validated before this epoch part
     _t0: float = field(default=0.0, init=False)
     _t_last: float = field(default=0.0, init=False)
     _losses: list[Any] = field(default_factory=list, init=False)  # floats or 0-d tensors
     _t_bar: float = field(default=0.0, init=False)
     _done: int = field(default=0, init=False)
-    _tqdm: Any = field(default=None, init=False)
+    _bar: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._t0 = self._t_last = time.monotonic()
-        stream = runlog.console() if self.bar == "auto" else (sys.stderr if self.bar else None)
-        if stream is not None:
-            self._tqdm = tqdm(total=self.steps, initial=self.start_step, file=stream,
-                              desc=f"epoch {self.epoch}/{self.epochs}", leave=False,
-                              dynamic_ncols=True)
+        self._bar = Bar(self.bar, self.steps, self.start_step, f"epoch {self.epoch}/{self.epochs}")
 
     def step(self, step_in_epoch: int, global_step: int, loss: float | torch.Tensor, lr: float,
              **extra: float | torch.Tensor) -> None:
         """Record one finished step (1-based ``step_in_epoch``).
 
         ``loss`` and ``extra`` may be 0-d tensors still being computed on the GPU: they are read
-        only for a log line (every ``log_every`` steps) or, when a terminal watches, for the bar
+        only for a log line (every ``log_every`` steps) or, when a bar is drawn, for its label
         at most once a second, so recording a step never waits for the device.
         """
         self._done += 1
         self._losses.append(loss.detach() if torch.is_tensor(loss) else loss)
-        if self._tqdm is not None:
-            self._tqdm.update(1)
-            now = time.monotonic()
-            if now - self._t_bar >= 1.0:
-                self._tqdm.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.1e}", refresh=False)
-                self._t_bar = now
+        now = time.monotonic()
+        if self._bar.tqdm is not None and now - self._t_bar >= 1.0:
+            self._bar.update(1, loss=f"{float(loss):.3f}", lr=f"{lr:.1e}")
+            self._t_bar = now
+        else:
+            self._bar.update(1)
         if self.log_every > 0 and global_step % self.log_every == 0:
             self._log_line(step_in_epoch, global_step, lr, extra)
 
@@ -93,9 +87,19 @@ class ProgressLog:
         eta = ""
         if self.steps:
             left = self.steps - step_in_epoch
-            eta = f", ETA epoch {format_duration(left / rate)}"
+            eta = f", epoch left {format_duration(left / rate)}"
             if self.remaining_epochs_steps is not None:
-                eta += f", run {format_duration((left + self.remaining_epochs_steps) / rate)}"
+                train_left = (left + self.remaining_epochs_steps) / rate
+                if self.validations_left == 0:
+                    eta += f", run left {format_duration(train_left)}"
+                elif self.validation_s is None:
+                    eta += (f", run left {format_duration(train_left)} + {self.validations_left} "
+                            "validation(s) not timed yet")
+                else:
+                    total = train_left + self.validations_left * self.validation_s
+                    eta += (f", run left {format_duration(total)} (incl. {self.validations_left} "
+                            f"validation(s) of ~{format_duration(self.validation_s)})")
+        eta += f", run elapsed {format_duration(self.elapsed_before + now - self._t0)}"
         more = "".join(f" {k} {float(v):.4g}" for k, v in extra.items())
         self.logger.info("epoch %d/%d step %s (global %d) loss %.4f lr %.3g %.2f steps/s%s%s, %s",
                          self.epoch, self.epochs, where, global_step, self._mean_loss(), lr, rate,
@@ -106,13 +110,11 @@ class ProgressLog:
         """Mean loss since the last line, read from the device in one transfer."""
         if not self._losses:
             return 0.0
-        values = [torch.as_tensor(v, dtype=torch.float64).cpu() if not torch.is_tensor(v)
-                  else v for v in self._losses]
-        devices = {v.device for v in values}
-        if len(devices) == 1:
+        values = [v if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64)
+                  for v in self._losses]
+        if len({v.device for v in values}) == 1:
             return float(torch.stack([v.double() for v in values]).mean())
         return sum(float(v) for v in values) / len(values)
 
     def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
+        self._bar.close()

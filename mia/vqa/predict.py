@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mia.io import write_json
+from mia.progress import Progress
 from mia.training.checkpoint import CheckpointError, load_checkpoint
 from mia.vqa.config import VQAModelConfig
 from mia.vqa.models import VQAModel, build_vqa_model
@@ -65,15 +66,19 @@ def predict(model: nn.Module, data: Any, split: str, batch_size: int,
     model.eval()
     device = next(model.parameters()).device
     qids, answers, scores = [], [], []
+    rows = getattr(data, "split_rows", None)
+    total = len(rows(split)) if callable(rows) else None
     try:
-        for batch in data.eval_batches(split, batch_size):
-            if should_stop is not None and should_stop():
-                return None
-            logits = model(move_batch(batch, device))  # (B, n_answers)
-            best = logits.argmax(dim=1).cpu()  # (B,)
-            qids.append(batch["question_ids"].numpy())
-            answers.append(best.numpy())
-            scores.append(batch["target"].gather(1, best[:, None]).squeeze(1).numpy())
+        with Progress(f"answering {split}", total, unit="questions", logger=log) as progress:
+            for batch in data.eval_batches(split, batch_size):
+                if should_stop is not None and should_stop():
+                    return None
+                logits = model(move_batch(batch, device))  # (B, n_answers)
+                best = logits.argmax(dim=1).cpu()  # (B,)
+                qids.append(batch["question_ids"].numpy())
+                answers.append(best.numpy())
+                scores.append(batch["target"].gather(1, best[:, None]).squeeze(1).numpy())
+                progress.update(len(best))
     finally:
         model.train(was_training)
     if not qids:

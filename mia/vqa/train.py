@@ -183,6 +183,8 @@ def loop_settings(cfg: VQATrainConfig) -> LoopSettings:
                         log_every=cfg.log_every, progress=cfg.progress,
                         grad_clip_norm=cfg.grad_clip_norm,
                         max_nonfinite_steps=cfg.max_nonfinite_steps, score_key=cfg.score_key,
+                        score_name=(f"{cfg.score_key} (%)" if "accuracy" in cfg.score_key
+                                    else ""),
                         precision=cfg.precision)
 
 
