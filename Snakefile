@@ -53,6 +53,12 @@ localrules:
     all,
 
 
+# Before the first job: what would otherwise fail hours into the run (rules/common.smk).
+onstart:
+    check_downloads_up_front()
+    check_java_up_front()
+
+
 rule all:
     default_target: True
     input:

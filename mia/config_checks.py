@@ -60,20 +60,35 @@ def feature_width(config: Mapping[str, Any], kind: str) -> int:
     return 2048  # detectron2: the Visual Genome Faster R-CNN's res5 (ResNet-101 C4)
 
 
+def region_source_variants(config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The config once per region source it may build: ``auto`` becomes ``bottom_up_tsv`` or
+    ``bottom_up`` only when the workflow sees which copies the user has
+    (:func:`mia.features.region_source.resolve_region_source`), so both are checked."""
+    from mia.features.region_source import AUTO, EXTRACTOR, TSV
+
+    regions = config["features"]["regions"]
+    if regions.get("source") != AUTO:
+        return [config]
+    return [{**config, "features": {**config["features"], "regions": {**regions, "source": s}}}
+            for s in (TSV, EXTRACTOR)]
+
+
 def check_workflow(config: Mapping[str, Any], source: str = "config") -> None:
     """Raise :class:`ConfigError` (key and message) for the first problem found."""
-    _check_regions(config, source)
+    candidates = region_source_variants(config)
+    for candidate in candidates:
+        _check_regions(candidate, source)
     runs = _check_tables(config, source)
-    captioning = config["captioning"]["baselines"]
-    vqa = config["vqa"]["baselines"]
-    for baseline in captioning:
-        variants = sorted({v for t, b, v in runs if t == "captioning" and b == baseline}
-                          or {"base", "mia"})
-        _check_captioning(config, baseline, variants, source)
-    for baseline in vqa:
-        variants = sorted({v for t, b, v in runs if t == "vqa" and b == baseline}
-                          or {"base", "mia"})
-        _check_vqa(config, baseline, variants, source)
+    widths = {feature_width(c, "regions"): c for c in candidates}  # one check per store width
+    for candidate in widths.values():
+        for baseline in candidate["captioning"]["baselines"]:
+            variants = sorted({v for t, b, v in runs if t == "captioning" and b == baseline}
+                              or {"base", "mia"})
+            _check_captioning(candidate, baseline, variants, source)
+        for baseline in candidate["vqa"]["baselines"]:
+            variants = sorted({v for t, b, v in runs if t == "vqa" and b == baseline}
+                              or {"base", "mia"})
+            _check_vqa(candidate, baseline, variants, source)
 
 
 def _check_regions(config: Mapping[str, Any], source: str) -> None:

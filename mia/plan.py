@@ -92,6 +92,7 @@ class DatasetSizes:
 class Job:
     rule: str
     wildcards: Mapping[str, str] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -105,16 +106,19 @@ class JobCost:
 
 
 def planned_jobs(configfiles: Sequence[str | os.PathLike], snakemake: str | None = None,
-                 targets: Sequence[str] = ()) -> list[Job]:
-    """Every job ``snakemake -n`` plans for ``configfiles`` (run in a scratch directory, so
-    nothing in the working directory changes and no output counts as done)."""
+                 targets: Sequence[str] = (), directory: str | os.PathLike | None = None
+                 ) -> list[Job]:
+    """Every job ``snakemake -n`` plans for ``configfiles`` in ``directory`` (the workflow's
+    working directory: jobs already done there are not planned, and the downloads registered
+    there decide the region source); ``None``: a scratch directory, the whole paper."""
     exe = snakemake or shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
     if not Path(exe).exists() and not shutil.which(exe):
         raise FileNotFoundError("mia plan asks Snakemake which jobs the config plans, but no "
                                 "snakemake is installed: pip install -c constraints.txt -e "
                                 "'.[workflow]' (or pass --snakemake PATH)")
     with tempfile.TemporaryDirectory(prefix="mia-plan-") as scratch:
-        cmd = [exe, "-n", "-s", str(REPO_ROOT / "Snakefile"), "--directory", scratch,
+        cmd = [exe, "-n", "-s", str(REPO_ROOT / "Snakefile"), "--directory",
+               str(directory or scratch),
                "--configfile", *[str(Path(c).resolve()) for c in configfiles], *targets]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -126,22 +130,25 @@ def planned_jobs(configfiles: Sequence[str | os.PathLike], snakemake: str | None
 def parse_dry_run(text: str) -> list[Job]:
     """Jobs of a ``snakemake -n`` listing: each ``rule NAME:`` block and its ``wildcards:``."""
     jobs: list[Job] = []
-    rule, wildcards = None, {}
+    rule, wildcards, outputs = None, {}, ()
     for line in text.splitlines():
         head = re.match(r"^(?:local)?rule (\w+):\s*$", line)
         if head:
             if rule is not None:
-                jobs.append(Job(rule, wildcards))
-            rule, wildcards = head.group(1), {}
+                jobs.append(Job(rule, wildcards, outputs))
+            rule, wildcards, outputs = head.group(1), {}, ()
             continue
         found = re.match(r"^\s+wildcards: (.*)$", line)
+        out = re.match(r"^\s+output: (.*)$", line)
         if found and rule is not None:
             wildcards = dict(part.split("=", 1) for part in found.group(1).split(", "))
+        elif out and rule is not None:
+            outputs = tuple(p.strip() for p in out.group(1).split(","))
         elif rule is not None and re.match(r"^\S", line) and not line.startswith(" "):
-            jobs.append(Job(rule, wildcards))
-            rule, wildcards = None, {}
+            jobs.append(Job(rule, wildcards, outputs))
+            rule, wildcards, outputs = None, {}, ()
     if rule is not None:
-        jobs.append(Job(rule, wildcards))
+        jobs.append(Job(rule, wildcards, outputs))
     return [j for j in jobs if j.rule != "all"]
 
 
@@ -306,7 +313,7 @@ class CostModel:
             kind = "grid features (ResNet-152)"
             flops[kind] = images * backbone_flops(grid["backbone"], int(grid["image_size"]))
         elif (rule in ("extract_region_features", "extract_test_region_features")
-              and self.config["features"]["regions"].get("source") == "bottom_up"):
+              and self._detector(job)):
             kind = "region features (bottom-up Faster R-CNN)"
             images = s.coco_images if rule == "extract_region_features" else s.test2015_images
             flops[kind] = images * detector_flops()
@@ -334,6 +341,16 @@ class CostModel:
             kind = "VQA training + answering"
             flops[kind] = self._vqa_job(rule, wc)
         return JobCost(job, kind, flops)
+
+    def _detector(self, job: Job) -> bool:
+        """Whether the region store is made by the bottom-up detector: its planned output
+        (``regions_bottom_up.h5``, what ``source: auto`` resolved to) or the configured
+        source."""
+        if job.outputs:
+            return any(Path(o).name.startswith("regions_bottom_up.")
+                       or Path(o).name.startswith("regions_bottom_up_test2015.")
+                       for o in job.outputs)
+        return self.config["features"]["regions"].get("source") == "bottom_up"
 
     def _cnn_eval(self, wc: Mapping[str, str], images: int) -> dict[str, float]:
         model = self._caption(wc["baseline"], "model")

@@ -18,7 +18,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     paths = [REPO_ROOT / "config.yaml", *args.files]
     config = load_config(paths)
-    jobs = planned_jobs(paths, args.snakemake)
+    jobs = planned_jobs(paths, args.snakemake, directory=args.directory)
     plan = make_plan(jobs, config, read_throughput(args.throughput),
                      str(args.throughput) if args.throughput else None)
     print(format_plan(plan, [str(Path(p).name) for p in paths], args.budget))
@@ -45,5 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--budget", type=float, default=24.0,
                       help="H100-hours above which the plan lists what would bring it down")
     plan.add_argument("--snakemake", default=None, help="the snakemake to ask (default: PATH)")
+    plan.add_argument("--directory", type=Path, default=None,
+                      help="the workflow's working directory: plan only what is left to run "
+                           "there, with the downloads registered there (default: a scratch "
+                           "directory, i.e. every job)")
     plan.add_argument("--json", type=Path, default=None, help="also write every job's FLOPs")
     plan.set_defaults(func=_plan)

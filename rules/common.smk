@@ -4,6 +4,8 @@ import os
 import sys
 
 from mia.config_checks import baseline_settings
+from mia.data.pins import download_name, effective_pin, read_lock
+from mia.features.region_source import resolve_region_source
 from mia.variants import VARIANT_PATTERN
 
 
@@ -22,6 +24,18 @@ R = f"results/{NAME}"  # every output of this config lives under here
 ROOT = config["data"]["root"]  # raw data in the layout of docs/CONTRACTS.md
 DOWNLOADS = config["data"].get("downloads_dir", "resources/downloads")
 DEMO = config["data"]["source"] == "demo"
+# Copies the user registered (mia data register): where they are, and their own pins for files
+# with no published checksum. Local to this downloads folder, never part of config.yaml.
+USER_PINS = {} if DEMO else read_lock(DOWNLOADS)
+# features.regions.source, with `auto` resolved: the released TSVs where the user has them
+# (pinned or registered), else the bottom-up extractor on the images.
+REGION_SOURCE = resolve_region_source(
+    config["features"]["regions"]["source"],
+    config["downloads"],
+    USER_PINS,
+    server_enabled=config["vqa"]["server"]["enabled"],
+)
+REGION_SETTINGS = {**config["features"]["regions"], "source": REGION_SOURCE}
 CORE_ENV = "../envs/core.yaml"
 EVAL_ENV = "../envs/evaluation.yaml"
 
@@ -261,7 +275,7 @@ def bottom_up_dir():
 
 
 GRID_STORE = f"{R}/features/grid_{config['features']['grid']['backbone']}.h5"
-REGION_STORE = f"{R}/features/regions_{config['features']['regions']['source']}.h5"
+REGION_STORE = f"{R}/features/regions_{REGION_SOURCE}.h5"
 CAPTIONS_STORE = f"{R}/data/captions.h5"
 VQA_STORE = f"{R}/data/vqa.h5"
 
@@ -324,9 +338,55 @@ def download_spec(key):
 
 
 def archive_path(key):
-    """Where a download lands (every paper input is a zip; the schema checks the URL)."""
-    download_spec(key)
-    return f"{DOWNLOADS}/{key}.zip"
+    """Where an archive download lands: {downloads_dir}/<key>.zip."""
+    return f"{DOWNLOADS}/{download_name(key, download_spec(key))}"
+
+
+def download_pin(key):
+    """The pin a download is checked against (config.yaml's, else the user's), or None."""
+    return effective_pin(key, download_spec(key), USER_PINS)
+
+
+def pinned_inputs():
+    """Each download the selected runs read, with its pin and who pinned it (for the report)."""
+    used = [k for k in config["downloads"] if download_used(k)]
+    rows = []
+    for key in used:
+        pin = download_pin(key)
+        rows.append(
+            {
+                "key": key,
+                "checksum": pin.checksum if pin else None,
+                "size": pin.size if pin else None,
+                "pinned_by": pin.by if pin else None,
+                "source": USER_PINS.get(key, {}).get("source"),
+            }
+        )
+    return rows
+
+
+def download_used(key):
+    """Whether the workflow reads this download under this config (as planned, not as run)."""
+    if DEMO:
+        return False
+    if key.startswith("bottom_up"):
+        return REGION_SOURCE == "bottom_up_tsv" and (
+            key == "bottom_up_features" or config["vqa"]["server"]["enabled"]
+        )
+    if key == "coco_annotations_2014":
+        return REGION_SOURCE == "boxes"
+    if key.startswith("bottom_up_frcnn_weights"):
+        settings = config["features"]["regions"].get("bottom_up") or {}
+        return (
+            REGION_SOURCE == "bottom_up"
+            and not settings.get("weights_path")
+            and key == settings.get("weights", "bottom_up_frcnn_weights")
+        )
+    if key in ("vqa_test_questions", "coco_test2015_images"):
+        return config["vqa"]["server"]["enabled"]
+    if key == "glove_6b":
+        return bool(config["vqa"].get("glove"))
+    return True
 
 
 def provided_outputs(key):
@@ -340,7 +400,7 @@ def provided_outputs(key):
 def region_inputs(wildcards):
     """bottom_up_tsv reads the released TSVs; bottom_up the images and the detector's weights;
     boxes/detectron2 read the images (+ COCO boxes)."""
-    source = config["features"]["regions"]["source"]
+    source = REGION_SOURCE
     if source == "bottom_up_tsv":
         return {"karpathy": KARPATHY_JSON, "tsv_dir": bottom_up_dir()}
     inputs = {"karpathy": KARPATHY_JSON, "images": image_dirs()}
@@ -368,15 +428,13 @@ def bottom_up_weights():
 
 def downloaded_file(key):
     """Where a plain-file download (model weights) lands: {downloads_dir}/<key><url suffix>."""
-    suffix = os.path.splitext(download_spec(key)["url"])[1]
-    return f"{DOWNLOADS}/{key}{suffix}"
+    return f"{DOWNLOADS}/{download_name(key, download_spec(key))}"
 
 
 #: Region extraction on the GPU (the bottom-up detector) has resources of its own.
 REGION_RESOURCES = (
     "bottom_up_features"
-    if config["features"]["regions"]["source"] == "bottom_up"
-    and "bottom_up_features" in config["resources"]
+    if REGION_SOURCE == "bottom_up" and "bottom_up_features" in config["resources"]
     else "region_features"
 )
 
@@ -384,3 +442,36 @@ REGION_RESOURCES = (
 def raw_root(wildcards, input):
     """data.root, found from the Karpathy JSON input (root/karpathy/dataset_coco.json)."""
     return os.path.dirname(os.path.dirname(input.karpathy))
+
+
+# ------------------------------------------------------------------ checks before the first job
+def check_downloads_up_front():
+    """Every planned download and extraction must have a pin, and every planned download a
+    source that answers: one message names them all (mia.data.preflight), before any job."""
+    if DEMO:
+        return
+    from mia.data.preflight import PreflightError, check_planned_jobs
+
+    try:
+        check_planned_jobs(workflow.dag.needrun_jobs(), config["downloads"], USER_PINS, DOWNLOADS)
+    except PreflightError as err:
+        raise SystemExit(f"mia: {err}")
+
+
+def check_java_up_front():
+    """Caption evaluation runs Java (PTB tokenizer, METEOR): without it a local run stops before
+    its first job, naming what to install, not after hours of training at the first
+    evaluate_captions job. With --sdm conda the evaluation environment brings Java; on a cluster
+    the nodes may have it where the login node has not: a warning only."""
+    from snakemake.settings.types import DeploymentMethod
+
+    from mia.evaluation.java import JAVA_HINT, java_path
+
+    if not selected_runs("captioning") or java_path() is not None:
+        return
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return
+    if workflow.non_local_exec:
+        print(f"WARNING: {JAVA_HINT} (the evaluate_captions jobs need it)", file=sys.stderr)
+        return
+    raise SystemExit(f"mia: caption evaluation is planned (the captioning tables). {JAVA_HINT}")

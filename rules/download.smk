@@ -1,4 +1,4 @@
-# Raw inputs: the real datasets (downloads with pinned SHA-256, then extraction into the raw
+# Raw inputs: the real datasets (downloads with pinned checksums, then extraction into the raw
 # layout of docs/CONTRACTS.md), or the generated demo world in that same layout.
 
 if DEMO:
@@ -33,6 +33,9 @@ else:
     localrules:
         download_archive,
 
+    # The pin and the sources are read from the config when the job runs, not passed as params:
+    # a mirror added to `urls` must not make Snakemake redo a finished 13 GB download. A pin
+    # that changed is caught by the extraction, which verifies the archive against it.
     rule download_archive:
         output:
             protected(f"{DOWNLOADS}/{{dataset}}.zip"),
@@ -46,13 +49,10 @@ else:
         resources:
             mem_mb=res("download", "mem_mb"),
             runtime=res("download", "runtime"),
-        params:
-            url=lambda wc: download_spec(wc.dataset)["url"],
-            sha256=lambda wc: download_spec(wc.dataset)["sha256"],
         script:
             "../workflow_scripts/download_archive.py"
 
-    # A plain file (model weights): verified like an archive, kept as it is.
+    # A plain file (model weights): verified like an archive (same script), kept as it is.
     rule download_file:
         output:
             protected(f"{DOWNLOADS}/{{dataset}}.{{suffix}}"),
@@ -68,16 +68,14 @@ else:
         resources:
             mem_mb=res("download", "mem_mb"),
             runtime=res("download", "runtime"),
-        params:
-            url=lambda wc: download_spec(wc.dataset)["url"],
-            sha256=lambda wc: download_spec(wc.dataset)["sha256"],
         script:
             "../workflow_scripts/download_archive.py"
 
     localrules:
         download_file,
 
-    # One extraction rule per download: each archive provides its own files of the raw layout.
+    # One extraction rule per download: each archive provides its own files of the raw layout,
+    # and is verified against its pin first (a zip put into the downloads folder by hand too).
     for _key, _spec in config["downloads"].items():
         if "extract_to" not in _spec:
             continue  # a plain file (download_file)
@@ -100,6 +98,7 @@ else:
                 mem_mb=res("download", "mem_mb"),
                 runtime=res("download", "runtime"),
             params:
+                key=_key,
                 extract_to=_spec["extract_to"],
                 provides=_spec["provides"],
                 members=_spec.get("members"),

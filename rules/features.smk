@@ -35,16 +35,14 @@ rule extract_region_features:
     benchmark:
         f"{R}/benchmarks/extract_region_features.tsv"
     conda:
-        "../envs/detectron2.yaml"
-        if config["features"]["regions"]["source"] == "detectron2"
-        else CORE_ENV
+        "../envs/detectron2.yaml" if REGION_SOURCE == "detectron2" else CORE_ENV
     threads: res(REGION_RESOURCES, "threads")
     resources:
         mem_mb=res(REGION_RESOURCES, "mem_mb"),
         runtime=res(REGION_RESOURCES, "runtime"),
         gpu=res(REGION_RESOURCES, "gpu"),
     params:
-        regions=config["features"]["regions"],
+        regions=REGION_SETTINGS,
         root=raw_root,
     script:
         "../workflow_scripts/extract_region_features.py"

@@ -76,6 +76,7 @@ rule render_report:
         tables=selected_tables(),
         run_files=report_run_files(),
         server_files=server_score_files(),
+        data_inputs=pinned_inputs(),
         benchmarks_dir=f"{R}/benchmarks",  # every rule's costs (the jobs upstream are done)
     script:
         "../workflow_scripts/render_report.py"

@@ -14,14 +14,14 @@ VQA_TEST_QUESTIONS = {
 TEST_IMAGES = raw("test2015")  # COCO test2015.zip's folder (the demo's test set: its own images)
 VQA_TEST_STORE = f"{R}/data/vqa_test2015.h5"
 TEST_GRID_STORE = f"{R}/features/grid_{config['features']['grid']['backbone']}_test2015.h5"
-TEST_REGION_STORE = f"{R}/features/regions_{config['features']['regions']['source']}_test2015.h5"
+TEST_REGION_STORE = f"{R}/features/regions_{REGION_SOURCE}_test2015.h5"
 VQA_RUN = f"{R}/runs/vqa/{{baseline}}/{{variant}}/s{{seed}}"
 VQA_SERVER_TRAIN = config["vqa"]["server"].get("train", {})  # over each baseline's vqa.train
 
 # The test2015 regions come from the source of the Karpathy images' regions: the released
 # test2015_36 TSVs, the test images (bottom_up, detectron2), or given boxes (only the demo world
 # has boxes for its test images; COCO has none for test2015).
-_REGION_SOURCE = config["features"]["regions"]["source"]
+_REGION_SOURCE = REGION_SOURCE  # features.regions.source, `auto` resolved (common.smk)
 TEST_REGION_INPUTS = {"questions": VQA_TEST_QUESTIONS["test-std"]}
 if _REGION_SOURCE == "bottom_up_tsv":
     TEST_REGION_INPUTS["tsv_dir"] = raw("bottom_up/test2015_36")
@@ -211,25 +211,21 @@ if VQA_SERVER:
         benchmark:
             f"{R}/benchmarks/extract_test_region_features.tsv"
         conda:
-            "../envs/detectron2.yaml"
-            if config["features"]["regions"]["source"] == "detectron2"
-            else CORE_ENV
+            "../envs/detectron2.yaml" if REGION_SOURCE == "detectron2" else CORE_ENV
         threads: res(REGION_RESOURCES, "threads")
         resources:
             mem_mb=res(REGION_RESOURCES, "mem_mb"),
             runtime=res(REGION_RESOURCES, "runtime"),
             gpu=res(REGION_RESOURCES, "gpu"),
         params:
-            regions=config["features"]["regions"],
+            regions=REGION_SETTINGS,
         script:
             "../workflow_scripts/extract_test_region_features.py"
 
     rule build_test_concept_store:
         input:
-            captions=CAPTIONS_STORE,
-            features=GRID_STORE,
+            detector=CONCEPT_DETECTOR,
             test_features=TEST_GRID_STORE,
-            reference=f"{R}/features/concepts_{{kind}}.h5",
         output:
             store=f"{R}/features/concepts_{{kind}}_test2015.h5",
         log:

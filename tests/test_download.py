@@ -526,3 +526,85 @@ def test_disk_full_leaves_no_final_file_and_resumable_part(server, tmp_path, mon
     monkeypatch.undo()
     download(DownloadSpec(f"{base}/f", _sha(data)), tmp_path / "f", FAST)
     assert state.requests[-1] == ("/f", "bytes=16384-") and (tmp_path / "f").read_bytes() == data
+
+
+# --------------------------------------------------------------------------- sources and sizes
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_give_up_without_bytes_does_not_promise_a_part_file(tmp_path):
+    """Before: 'the 0 bytes in f.part are kept and the next run resumes from them', with no
+    .part file at all (no network: nothing was received)."""
+    url = f"http://127.0.0.1:{_closed_port()}/f.zip"
+    with pytest.raises(DownloadError, match="giving up after 3 attempts") as err:
+        download(DownloadSpec(url, _sha(b"x")), tmp_path / "f.zip", FAST)
+    assert "are kept" not in str(err.value) and "nothing to resume" in str(err.value)
+    assert not (tmp_path / "f.zip.part").exists()
+
+
+def test_empty_part_of_a_dead_connection_is_not_kept(server, tmp_path):
+    state, base = server
+    state.files["/f"] = b"a" * 50_000
+    state.cut_after, state.cut_times = 0, 100  # every attempt dies before a byte arrives
+    with pytest.raises(DownloadError, match="nothing to resume"):
+        download(DownloadSpec(f"{base}/f", _sha(b"a" * 50_000)), tmp_path / "f", FAST)
+    assert not (tmp_path / "f.part").exists()
+
+
+def test_dead_source_hands_over_to_the_next(server, tmp_path, caplog):
+    state, base = server
+    data = _zip({"glove.6B.300d.txt": b"the 0.1 0.2\n"})
+    state.files["/mirror/glove.6B.zip"] = data
+    spec = DownloadSpec(f"{base}/gone/glove.6B.zip", "md5:" + hashlib.md5(data).hexdigest(),
+                        mirrors=(f"{base}/mirror/glove.6B.zip",), size=len(data))
+    with caplog.at_level("INFO", logger="mia.data.download"):
+        out = download(spec, tmp_path / "glove.zip", FAST)
+    assert out.read_bytes() == data
+    assert [p for p, _ in state.requests] == ["/gone/glove.6B.zip", "/mirror/glove.6B.zip"]
+    assert f"served by mirror 2/2 {base}/mirror/glove.6B.zip" in caplog.text
+
+
+def test_source_with_other_bytes_is_skipped_for_one_that_matches(server, tmp_path):
+    """A re-host with different bytes (ParlAI's COCO copies) fails the pin; the next source
+    serves the pinned file."""
+    state, base = server
+    good, other = b"pinned bytes" * 100, b"other bytes!" * 100  # same size: only the hash tells
+    state.files["/rehost/a.zip"] = other
+    state.files["/official/a.zip"] = good
+    spec = DownloadSpec(f"{base}/rehost/a.zip", _sha(good), mirrors=(f"{base}/official/a.zip",),
+                        size=len(good))
+    assert download(spec, tmp_path / "a.zip", FAST).read_bytes() == good
+
+
+def test_every_source_failing_names_each_and_keeps_the_part(server, tmp_path):
+    state, base = server
+    data = bytes(range(256)) * 200
+    state.files["/a"] = data
+    state.cut_after, state.cut_times = 10_000, 100
+    spec = DownloadSpec(f"{base}/missing", _sha(data), mirrors=(f"{base}/a",))
+    with pytest.raises(DownloadError) as err:
+        download(spec, tmp_path / "f", FAST)
+    text = str(err.value)
+    assert "none of its 2 sources" in text and f"{base}/missing: " in text and "HTTP 404" in text
+    assert f"{base}/a: " in text and "30000 bytes" in text and "resumes" in text
+    assert (tmp_path / "f.part").stat().st_size == 30_000
+
+
+def test_wrong_size_refused_without_hashing(server, tmp_path, monkeypatch):
+    state, base = server
+    page = b"<html>Public access is not permitted</html>"
+    state.files["/f.zip"] = page
+    hashed = []
+    monkeypatch.setattr(dl, "file_digest", lambda *a, **k: hashed.append(a) or "0")
+    with pytest.raises(dl.SizeMismatchError, match="pinned size is 1000 bytes"):
+        download(DownloadSpec(f"{base}/f.zip", _sha(b"z" * 1000), size=1000), tmp_path / "f.zip",
+                 FAST)
+    assert hashed == [] and not (tmp_path / "f.zip.part").exists()
+

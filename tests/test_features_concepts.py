@@ -8,6 +8,7 @@ the detector must beat the frequency-only baseline on the val split.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -27,9 +28,13 @@ from mia.features.concepts import (
     build_concept_vocabulary,
     caption_words_from_karpathy,
     caption_words_from_store,
+    concepts_from_detector,
+    load_caption_words,
     mean_average_precision,
     noisy_or_bce,
     precision_at_k,
+    save_concept_detector,
+    train_concept_detector,
     word_presence,
 )
 from mia.features.grid import GridFeatureConfig, extract_grid_features_from_karpathy
@@ -214,3 +219,41 @@ def test_k_larger_than_vocabulary_is_rejected(tmp_path):
     words = CaptionWords({1: [["red", "circle"]], 2: [["blue"]]}, {1: "train", 2: "val"})
     with pytest.raises(ValueError, match="only 2 concept words"):
         build_concept_store(words, grid, tmp_path / "c.h5", concept_cfg(vocab_size=5, k=3))
+
+
+def test_one_saved_detector_labels_every_store_as_a_retrained_one_would(tmp_path, demo_world):
+    """The workflow trains the detector once (train_concept_detector) and labels the grid,
+    regions (k = 36) and test2015 stores with it: each store equals the one a detector trained
+    for it alone gives (the old rules trained three identical detectors), with its own k's
+    precision@k."""
+    karpathy, grid = demo_world
+    words = load_caption_words(karpathy)
+    detector = train_concept_detector(words, grid, concept_cfg(k=7), ks=[3, 7])
+    saved = save_concept_detector(detector, tmp_path / "detector.pt", concept_cfg(k=7))
+    for k in (3, 7):
+        ours = load_store(concepts_from_detector(saved, grid, tmp_path / f"c{k}.h5",
+                                                 concept_cfg(k=k)), "concepts")
+        alone = load_store(build_concept_store(karpathy, grid, tmp_path / f"alone{k}.h5",
+                                               concept_cfg(k=k)), "concepts")
+        assert ours["concept_ids"].tobytes() == alone["concept_ids"].tobytes()
+        assert np.array_equal(ours["concept_probs"], alone["concept_probs"])
+        for key in ("val_mAP", "val_precision_at_k", "baseline_val_precision_at_k",
+                    "concept_words", "k"):
+            assert ours["attrs"][key] == alone["attrs"][key], (k, key)
+
+
+def test_workflow_trains_the_detector_once(repo_root, tmp_path):
+    """One train_concept_detector job feeds the grid, regions and test2015 concept stores."""
+    from workflow_support import TEST_CONFIGS, job_counts, snakemake
+
+    out = snakemake(tmp_path, "-n", configfiles=TEST_CONFIGS, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    counts = job_counts(text)
+    assert counts["train_concept_detector"] == 1
+    assert counts["build_concept_store"] == 2 and counts["build_test_concept_store"] == 1
+    for rule in ("build_concept_store", "build_test_concept_store"):
+        for block in re.findall(rf"^rule {rule}:\n((?:    .*\n)+)", text, flags=re.M):
+            inputs = re.search(r"^    input: (.*)$", block, flags=re.M).group(1)
+            assert "features/concept_detector.pt" in inputs, (rule, inputs)
+            assert "captions.h5" not in inputs  # nothing to train on: it only labels

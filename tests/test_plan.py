@@ -62,8 +62,9 @@ def test_parse_dry_run_finds_every_job_and_its_wildcards():
     jobs = parse_dry_run(DRY_RUN)
     assert jobs == [
         Job("train_captioner", {"baseline": "visual_attention", "variant": "base",
-                                "seed": "123"}),
-        Job("build_caption_store", {}),
+                                "seed": "123"},
+            ("results/paper/runs/captioning/visual_attention/base/s123/xe/model.pt",)),
+        Job("build_caption_store", {}, ("results/paper/data/captions.h5",)),
         Job("train_captioner", {"baseline": "updown", "variant": "mia", "seed": "123"})]
 
 
@@ -106,8 +107,16 @@ def test_plan_totals_and_the_cli(paper, tmp_path, capsys):
 
 
 def test_region_extraction_is_a_gpu_job_only_with_the_detector(paper):
-    tsv = CostModel(paper).cost(Job("extract_region_features"))
+    """What source: auto resolved to is read off the planned store's name."""
+    planned = parse_dry_run("rule extract_region_features:\n    output: "
+                            "results/paper/features/regions_bottom_up_tsv.h5\n    jobid: 4\n")
+    assert planned == [Job("extract_region_features", {},
+                           ("results/paper/features/regions_bottom_up_tsv.h5",))]
+    tsv = CostModel(paper).cost(planned[0])
     assert tsv.kind == "CPU" and not tsv.flops  # the released TSVs are read, not computed
+    run = CostModel(paper).cost(Job("extract_region_features", {},
+                                    ("results/paper/features/regions_bottom_up.h5",)))
+    assert run.kind == "region features (bottom-up Faster R-CNN)"
     detector = json.loads(json.dumps(paper))
     detector["features"]["regions"]["source"] = "bottom_up"
     cost = CostModel(detector).cost(Job("extract_region_features"))

@@ -101,7 +101,7 @@ def test_the_rules_extract_bottom_up_regions_that_train_updown_and_ban(tmp_path,
     override.write_text(yaml.safe_dump({
         "data": {"source": "download", "root": str(root),
                  "downloads_dir": str(tmp_path / "downloads")},
-        "downloads": {"bottom_up_frcnn_weights": {"url": url, "sha256": sha256}}}))
+        "downloads": {"bottom_up_frcnn_weights": {"urls": [url], "sha256": sha256, "size": None}}}))
     stores = [f"results/{NAME}/features/regions_bottom_up.h5",
               f"results/{NAME}/features/regions_bottom_up_test2015.h5"]
     work = tmp_path / "work"

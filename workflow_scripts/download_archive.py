@@ -1,22 +1,41 @@
-"""Rules download_archive and download_file: fetch one ``downloads.<key>`` entry (an archive, or
-a plain file such as model weights) and verify its pinned SHA-256.
+"""Rules download_archive and download_file: fetch one ``downloads.<key>`` entry (an archive,
+or a plain file such as model weights), verified against its one pin.
 
-A reproduction must verify its inputs, so an entry whose ``sha256`` is still null is refused
-here (at run time, so ``snakemake -n`` still shows the whole paper) with the key to fill in.
+The sources are tried in order (``urls``: the publisher's, then mirrors); the log names the one
+that served. A copy the user registered (``mia data register``) is linked back instead of
+downloaded. A failure ends with one line saying what failed and what to do, no traceback.
 """
+
+from pathlib import Path
 
 from _wf import start
 
 smk = globals()["snakemake"]
 log = start(smk)
 
-from mia.data.download import DownloadSpec, download  # noqa: E402
+from mia.data.download import DownloadError  # noqa: E402
+from mia.data.download import download as fetch  # noqa: E402
+from mia.data.pins import effective_pin, read_lock, record_verified, spec_for  # noqa: E402
+from mia.data.register import restore_registered  # noqa: E402
 
 key = smk.wildcards.dataset
-if not smk.params.sha256:
+spec = smk.config["downloads"][key]
+archive = Path(smk.output[0])
+lock = read_lock(archive.parent)
+pin = effective_pin(key, spec, lock)
+if pin is None:
     raise SystemExit(
-        f"config.yaml: downloads.{key}.sha256 is null; refusing to download {smk.params.url} "
-        f"unverified. Pin it: download the file once from a trusted source, run "
-        f"`sha256sum FILE`, and set downloads.{key}.sha256 to that hex digest.")
-download(DownloadSpec(url=smk.params.url, sha256=smk.params.sha256), smk.output[0])
-log.info("downloaded %s -> %s (sha256 verified)", smk.params.url, smk.output[0])
+        f"config.yaml: downloads.{key} has no pinned checksum (sha256 is null); refusing to "
+        f"download {spec['urls'][0]} unverified. If a copy you trust exists, run "
+        f"`mia data register {key} FILE --trust` (recorded in {archive.parent}/local.lock.yaml, "
+        f"not in config.yaml).")
+try:
+    if not restore_registered(key, archive, lock, pin):
+        download = spec_for(list(spec["urls"]), pin)
+        fetch(download, archive)  # progress: lines in the log, a bar only on a terminal
+        record_verified(archive, pin, snakemake_output=True)  # touched and protected next
+except (DownloadError, ValueError, OSError) as err:
+    raise SystemExit(
+        f"downloads.{key}: {err}\nFix: check the network and run again (a partial file is "
+        f"resumed), or put a copy you have in place with `mia data register {key} FILE`.") from None
+log.info("downloads.%s -> %s (%s)", key, archive, pin.describe())

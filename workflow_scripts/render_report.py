@@ -16,5 +16,6 @@ out = render_report(smk.params.config, smk.params.tables, smk.params.run_files, 
                     smk.output.figures, figure5=figure5, server_files=smk.params.server_files,
                     vqa_annotations=getattr(smk.input, "vqa_annotations", None),
                     tables_dir=smk.output.tables, paper_figures_dir=smk.output.paper_figures,
+                    data_inputs=smk.params.get("data_inputs"),
                     benchmarks_dir=smk.params.benchmarks_dir)
 log.info("report: %s", out)

@@ -66,9 +66,32 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_copy(args: argparse.Namespace) -> int:
+    from mia.config import REPO_ROOT, load_config
+    from mia.data.register import register_copy
+
+    workdir = args.directory or Path.cwd()
+    base = workdir / "config.yaml"
+    configs = [base if base.exists() else REPO_ROOT / "config.yaml", *args.configfile]
+    config = load_config(configs)
+    downloads_dir = Path(config["data"].get("downloads_dir", "resources/downloads"))
+    if not downloads_dir.is_absolute():
+        downloads_dir = workdir / downloads_dir
+    done = register_copy(args.key, args.file, config["downloads"], downloads_dir,
+                         trust=args.trust, mode="copy" if args.copy else "link")
+    how = "copied to" if done.mode == "copy" else "linked as"
+    print(f"registered downloads.{done.key}: {done.source} {how} {done.archive}, "
+          f"{done.pin.describe()}")
+    if done.recorded_pin:
+        print(f"recorded its sha256 in {downloads_dir / 'local.lock.yaml'} (not config.yaml); "
+              f"the report marks this input as pinned by the user, not by the publisher")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``data`` command group."""
-    group = subparsers.add_parser("data", help="build caption / VQA stores from raw annotations")
+    group = subparsers.add_parser("data", help="build caption / VQA stores; register local "
+                                                 "copies of downloads")
     commands = group.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
 
     cap = commands.add_parser("captions", help="dataset_coco.json -> captions.h5 + references")
@@ -107,3 +130,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and sampled rows of large ones). Exit status 2 names the first damage.")
     verify.add_argument("stores", nargs="+", type=Path, metavar="STORE", help="a .h5 store")
     verify.set_defaults(func=_verify)
+
+    reg = commands.add_parser(
+        "register", help="use a copy you already have of a download (checked against its pin)",
+        description="Check FILE against the pin of downloads.KEY (config.yaml: the publisher's "
+                    "sha256/md5 and size) and link it where the download rule puts it "
+                    "(<data.downloads_dir>/KEY.zip), so the workflow extracts it instead of "
+                    "downloading. For a key with no published checksum (bottom_up_features), "
+                    "--trust records this file's own sha256 in <data.downloads_dir>/"
+                    "local.lock.yaml (never config.yaml); the report marks such inputs 'pinned "
+                    "by the user, not by the publisher'.")
+    reg.add_argument("key", metavar="KEY", help="a key under downloads: in the config")
+    reg.add_argument("file", type=Path, metavar="FILE", help="your copy of that archive")
+    reg.add_argument("--trust", action="store_true",
+                     help="no published checksum: record this file's own sha256 as the pin")
+    reg.add_argument("--copy", action="store_true",
+                     help="copy the file instead of linking it (a copy on a disk that goes away)")
+    reg.add_argument("--configfile", type=Path, nargs="+", default=[], metavar="FILE",
+                     help="config overrides, as given to snakemake --configfile")
+    reg.add_argument("--directory", type=Path, default=None, metavar="DIR",
+                     help="the workflow's working directory, as snakemake --directory "
+                          "(default: here)")
+    reg.set_defaults(func=_register_copy)

@@ -54,25 +54,47 @@ class UnsafeArchiveError(ValueError):
     """An archive member would land outside the extraction target (or is not a plain file)."""
 
 
+class DiskFullError(DownloadError):
+    """The disk filled up: no other source can help, the kept bytes wait for the next run."""
+
+
+class SizeMismatchError(ChecksumError):
+    """The file has not the pinned number of bytes (an error page, a cut or another file): it
+    is refused at once, without reading it to compute its digest."""
+
+
 @dataclass(frozen=True)
 class DownloadSpec:
     """One file to fetch. ``sha256`` is a hex SHA-256, or ``"md5:<hex>"`` / ``"sha256:<hex>"``
-    for files whose publishers only give an MD5. ``dest`` may instead be passed to
+    for files whose publishers only give an MD5. ``mirrors`` are further URLs known to serve the
+    same bytes, tried in turn after ``url``, each checked against the one pin. ``size`` (bytes,
+    when published) is checked before any hashing. ``dest`` may instead be passed to
     :func:`download`; ``extract_to`` unpacks the verified archive there with :func:`safe_extract`."""
 
     url: str
     sha256: str
     dest: str | os.PathLike | None = None
     extract_to: str | os.PathLike | None = None
+    mirrors: tuple[str, ...] = ()
+    size: int | None = None
 
     def __post_init__(self) -> None:
         parse_checksum(self.sha256, self.url)
+        object.__setattr__(self, "mirrors", tuple(self.mirrors))
+        if self.size is not None and (isinstance(self.size, bool) or int(self.size) < 0):
+            raise ValueError(f"{self.url}: size {self.size!r} is not a byte count")
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every source, in the order they are tried."""
+        return (self.url, *self.mirrors)
 
 
 @dataclass(frozen=True)
 class DownloadConfig:
     """``attempts`` tries per file, waiting ``base_delay * 2**k`` (capped at ``max_delay``)
-    seconds after the k-th failure; ``timeout`` is per socket operation."""
+    seconds after the k-th failure; ``timeout`` is per socket operation. ``progress``: the bar
+    of :class:`mia.progress.Progress` (log lines of bytes, rate and ETA are written always)."""
 
     attempts: int = 5
     base_delay: float = 2.0
@@ -107,13 +129,29 @@ def file_digest(path: str | os.PathLike, algo: str = "sha256", chunk_size: int =
     return h.hexdigest()
 
 
+def check_size(path: str | os.PathLike, size: int | None, what: str) -> None:
+    """Refuse ``path`` at once when ``size`` is pinned and the file has another length: an HTML
+    error page or a cut transfer is caught before gigabytes are hashed."""
+    if size is None:
+        return
+    actual = Path(path).stat().st_size
+    if actual != size:
+        raise SizeMismatchError(
+            f"{what}: {actual} bytes, but the pinned size is {size} bytes (an error page, a cut "
+            f"transfer or another file); not hashed")
+
+
 def download(spec: DownloadSpec, dest: str | os.PathLike | None = None,
              cfg: DownloadConfig | None = None) -> Path:
-    """Fetch ``spec.url`` to ``dest`` (default ``spec.dest``), verified, then extract if asked.
+    """Fetch ``spec.url`` (then each of ``spec.mirrors``) to ``dest`` (default ``spec.dest``),
+    verified, then extract if asked.
 
     A ``dest`` already holding the right bytes is kept without touching the network. Otherwise
     bytes go to ``dest.part`` (continued with ``Range`` after a broken transfer, retried with
-    exponential backoff), are verified, and only then renamed to ``dest``.
+    exponential backoff), are checked for size and digest, and only then renamed to ``dest``.
+    A source that fails for good (a dead URL, bytes that do not match the pin) hands over to the
+    next one; the log says which source served the file. When every source fails, one
+    :class:`DownloadError` names each source and why.
     """
     cfg = cfg or DownloadConfig()
     if dest is None:
@@ -123,33 +161,87 @@ def download(spec: DownloadSpec, dest: str | os.PathLike | None = None,
     dest = Path(dest)
     algo, expected = parse_checksum(spec.sha256, spec.url)
     if dest.exists():
-        if file_digest(dest, algo, cfg.chunk_size) == expected:
+        if (spec.size is None or dest.stat().st_size == spec.size) and \
+                file_digest(dest, algo, cfg.chunk_size) == expected:
             log.info("%s: already present with the pinned %s, not downloading", dest, algo)
             _maybe_extract(spec, dest)
             return dest
-        log.warning("%s: present but its %s differs from the pin; downloading again", dest, algo)
+        log.warning("%s: present but not the pinned file (%s or size differs); downloading "
+                    "again", dest, algo)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    resumed = _fetch_with_retries(spec.url, part, cfg)
-    actual = file_digest(part, algo, cfg.chunk_size)
+    failures: list[str] = []
+    for number, url in enumerate(spec.urls, 1):
+        try:
+            _fetch_verified(url, part, algo, expected, spec.size, cfg)
+        except DownloadError as err:
+            if len(spec.urls) == 1 or isinstance(err, DiskFullError):
+                raise
+            failures.append(f"{url}: {err}")
+            log.warning("source %d/%d failed: %s", number, len(spec.urls), err)
+            continue
+        os.replace(part, dest)
+        if number > 1:
+            log.info("%s served by mirror %d/%d %s (%s verified)", dest, number,
+                     len(spec.urls), url, algo)
+        else:
+            log.info("%s served by %s (%s verified)", dest, url, algo)
+        _maybe_extract(spec, dest)
+        return dest
+    kept = _kept_bytes(part)
+    resume = (f" The {kept} bytes in {part} are kept; the next run resumes from them." if kept
+              else "")
+    raise DownloadError(
+        f"{dest.name}: none of its {len(spec.urls)} sources served the pinned file:\n  "
+        + "\n  ".join(failures) + f"\n{resume}".rstrip())
+
+
+def _kept_bytes(part: Path) -> int:
+    """Bytes a ``.part`` holds for the next run; an empty one is removed (nothing to resume)."""
+    if not part.exists():
+        return 0
+    kept = part.stat().st_size
+    if not kept:
+        part.unlink()
+    return kept
+
+
+def _fetch_verified(url: str, part: Path, algo: str, expected: str, size: int | None,
+                    cfg: DownloadConfig) -> None:
+    """Fill ``part`` from ``url`` and check it against the pin; on a mismatch ``part`` is gone
+    and :class:`ChecksumError` (a :class:`DownloadError`) says why."""
+    resumed = _fetch_with_retries(url, part, cfg)
+    actual = _checked_digest(part, algo, size, cfg, url)
     if actual != expected and resumed:
         # Bytes kept from an earlier transfer (a .part of another version, a disk error) spoil
         # the result however good the rest is: they must not be kept, so start over once.
         log.warning("%s: %s resumed from earlier bytes fails its %s check; those bytes were "
-                    "wrong: downloading again from the start", spec.url, part, algo)
+                    "wrong: downloading again from the start", url, part, algo)
         part.unlink(missing_ok=True)
-        _fetch_with_retries(spec.url, part, cfg)
-        actual = file_digest(part, algo, cfg.chunk_size)
+        _fetch_with_retries(url, part, cfg)
+        actual = _checked_digest(part, algo, size, cfg, url)
+    if actual is None:
+        got = part.stat().st_size
+        part.unlink(missing_ok=True)
+        raise SizeMismatchError(
+            f"{url}: served {got} bytes, but the pinned size is {size} bytes (an error page, a "
+            f"cut transfer or another file); not hashed, the partial file was deleted")
     if actual != expected:
         part.unlink(missing_ok=True)
         raise ChecksumError(
-            f"{spec.url}: {algo} mismatch: expected {expected}, got {actual}. The partial file "
+            f"{url}: {algo} mismatch: expected {expected}, got {actual}. The partial file "
             f"was deleted. If the publisher changed the file on purpose, verify it from a trusted "
             f"source and update the pinned checksum; otherwise retry (the transfer was corrupt).")
-    os.replace(part, dest)
-    log.info("%s -> %s (%s verified)", spec.url, dest, algo)
-    _maybe_extract(spec, dest)
-    return dest
+
+
+def _checked_digest(part: Path, algo: str, size: int | None, cfg: DownloadConfig,
+                    url: str) -> str | None:
+    """The digest of ``part``, or None (not hashed) when its size is not the pinned size."""
+    if size is not None and part.stat().st_size != size:
+        log.warning("%s: received %d bytes, the pinned size is %d: not the pinned file, "
+                    "not hashed", url, part.stat().st_size, size)
+        return None
+    return file_digest(part, algo, cfg.chunk_size)
 
 
 def _maybe_extract(spec: DownloadSpec, archive: Path) -> None:
@@ -189,14 +281,15 @@ def _fetch_with_retries(url: str, part: Path, cfg: DownloadConfig) -> bool:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             kept = part.stat().st_size if part.exists() else 0
-            raise DownloadError(f"{url}: no space left on the disk of {part} ({err.strerror}) "
+            raise DiskFullError(f"{url}: no space left on the disk of {part} ({err.strerror}) "
                                 f"after {kept} bytes; nothing was written to {part.name[:-5]}. "
                                 f"Free space and run again: the download resumes from the "
                                 f"kept bytes") from err
-    kept = part.stat().st_size if part.exists() else 0
+    kept = _kept_bytes(part)
+    resume = (f"the {kept} bytes in {part} are kept and the next run resumes from them" if kept
+              else "no bytes were received, so there is nothing to resume")
     raise DownloadError(f"{url}: giving up after {cfg.attempts} attempts; last error: {last}. "
-                        f"Check the network or the URL and run again: the {kept} bytes in "
-                        f"{part} are kept and the next run resumes from them.")
+                        f"Check the network or the URL and run again: {resume}.")
 
 
 class _Incomplete(Exception):

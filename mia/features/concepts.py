@@ -40,6 +40,7 @@ from torch import nn
 from mia.data.karpathy import read_karpathy
 from mia.data.store import StoreError, atomic_h5, open_store, read_attrs
 from mia.features.images import resolve_device
+from mia.io import atomic_path
 from mia.progress import track
 
 log = logging.getLogger(__name__)
@@ -295,11 +296,16 @@ def predict(model: MILConceptDetector, table: GridFeatureTable, rows: np.ndarray
 
 
 def train_concept_detector(words: CaptionWords, features_h5: str | os.PathLike,
-                           cfg: ConceptConfig) -> ConceptDetector:
-    """Fit the MIL detector on the train images of ``features_h5``; score it on val."""
+                           cfg: ConceptConfig, ks: Sequence[int] = ()) -> ConceptDetector:
+    """Fit the MIL detector on the train images of ``features_h5``; score it on val.
+
+    Training does not depend on k (the concepts kept per image), so one detector serves every
+    concept store (49 for the grid, 36 for the regions, the test2015 images): ``ks`` lists the
+    k values whose val precision@k to measure besides ``cfg.k``."""
+    ks = sorted({cfg.k, *ks})
     vocab = build_concept_vocabulary(words, cfg.vocab_size, cfg.stopwords)
-    if len(vocab) < cfg.k:
-        raise ValueError(f"features.concepts.k = {cfg.k} but the training captions give only "
+    if len(vocab) < max(ks):
+        raise ValueError(f"features.concepts.k = {max(ks)} but the training captions give only "
                          f"{len(vocab)} concept words")
     table = GridFeatureTable(features_h5, cfg.max_memory_gb)
     try:
@@ -346,25 +352,44 @@ def train_concept_detector(words: CaptionWords, features_h5: str | os.PathLike,
                 "val_precision_at_k": precision_at_k(probs, truth, cfg.k),
                 "baseline_val_mAP": mean_average_precision(frequency, truth),
                 "baseline_val_precision_at_k": precision_at_k(frequency, truth, cfg.k),
+                "val_precision_at": {k: precision_at_k(probs, truth, k) for k in ks},
+                "baseline_val_precision_at": {k: precision_at_k(frequency, truth, k)
+                                              for k in ks},
             })
         else:
             log.warning("no val images among the features: concept quality not measured")
             metrics.update(dict.fromkeys(("val_mAP", "val_precision_at_k", "baseline_val_mAP",
                                           "baseline_val_precision_at_k"), math.nan))
+            metrics.update({"val_precision_at": dict.fromkeys(ks, math.nan),
+                            "baseline_val_precision_at": dict.fromkeys(ks, math.nan)})
         log.info("concept detector on val: %s", metrics)
     finally:
         table.close()
     return ConceptDetector(model, vocab, metrics, device)
 
 
+def _metrics_at(metrics: Mapping[str, object], k: int) -> dict[str, object]:
+    """The detector's scalar quality numbers, with precision@k for this store's ``k``."""
+    out = {name: value for name, value in metrics.items() if not isinstance(value, Mapping)}
+    for per_k, name in (("val_precision_at", "val_precision_at_k"),
+                        ("baseline_val_precision_at", "baseline_val_precision_at_k")):
+        table = metrics.get(per_k)
+        if isinstance(table, Mapping):
+            out[name] = float(table.get(k, math.nan))
+    return out
+
+
 def extract_concepts(detector: ConceptDetector, features_h5: str | os.PathLike,
                      out_h5: str | os.PathLike, cfg: ConceptConfig) -> Path:
     """Top-k words (ids into the vocabulary, probabilities descending) of every store image."""
+    if cfg.k > len(detector.vocabulary):
+        raise ValueError(f"features.concepts.k = {cfg.k} but the detector knows only "
+                         f"{len(detector.vocabulary)} concept words")
     table = GridFeatureTable(features_h5, cfg.max_memory_gb)
     n, k = len(table.image_ids), cfg.k
     attrs = {"concept_words": detector.vocabulary, "k": k, "vocab_size": len(detector.vocabulary),
              "stopwords": list(cfg.stopwords), "features_store": str(features_h5),
-             **detector.metrics}
+             **_metrics_at(detector.metrics, k)}
     try:
         with atomic_h5(out_h5, kind="concepts", config=asdict(cfg), attrs=attrs) as f:
             f.create_dataset("image_ids", data=table.image_ids.astype(np.int64))
@@ -399,3 +424,50 @@ def build_concept_store(captions: CaptionWords | str | os.PathLike,
         raise StoreError(f"{captions}: no captions")
     detector = train_concept_detector(words, features_h5, cfg)
     return extract_concepts(detector, extract_from or features_h5, out_h5, cfg)
+
+
+# --------------------------------------------------------------------------- one detector, saved
+
+DETECTOR_FORMAT = "mia-concept-detector/1"
+
+
+def save_concept_detector(detector: ConceptDetector, path: str | os.PathLike,
+                          cfg: ConceptConfig) -> Path:
+    """Write the trained detector (weights, vocabulary, val quality, config), atomically, so
+    every concept store is labelled by this one detector instead of a retrained copy."""
+    model = detector.model
+    payload = {
+        "format": DETECTOR_FORMAT,
+        "state_dict": {name: t.detach().cpu() for name, t in model.state_dict().items()},
+        "vocabulary": list(detector.vocabulary),
+        "metrics": detector.metrics,
+        "config": asdict(cfg),
+        "in_dim": int(model.mean.shape[0]),
+        "hidden_dim": int(cfg.hidden_dim),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_concept_detector(path: str | os.PathLike, device: str = "auto") -> ConceptDetector:
+    """A detector written by :func:`save_concept_detector`, on ``device``."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != DETECTOR_FORMAT:
+        raise StoreError(f"{path}: not a concept detector written by mia "
+                         f"(expected format {DETECTOR_FORMAT!r}); rerun train_concept_detector")
+    state, vocab = payload["state_dict"], payload["vocabulary"]
+    in_dim, hidden = payload["in_dim"], payload["hidden_dim"]
+    model = MILConceptDetector(in_dim, len(vocab), hidden, torch.zeros(in_dim), torch.ones(in_dim),
+                               torch.full((len(vocab),), 0.5), num_cells=1)
+    model.load_state_dict(state)
+    target = resolve_device(device)
+    return ConceptDetector(model.to(target).eval(), list(vocab), dict(payload["metrics"]), target)
+
+
+def concepts_from_detector(detector_path: str | os.PathLike, features_h5: str | os.PathLike,
+                           out_h5: str | os.PathLike, cfg: ConceptConfig) -> Path:
+    """The ``concepts`` store of every image of ``features_h5``, labelled by the saved detector
+    (its top ``cfg.k`` words)."""
+    detector = load_concept_detector(detector_path, cfg.device)
+    return extract_concepts(detector, features_h5, out_h5, cfg)

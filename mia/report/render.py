@@ -194,7 +194,8 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
                   tables_dir: str | os.PathLike | None = None,
                   paper_figures_dir: str | os.PathLike | None = None,
                   paper: PaperResults | None = None,
-                  benchmarks_dir: str | os.PathLike | None = None) -> Path:
+                  benchmarks_dir: str | os.PathLike | None = None,
+                  data_inputs: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write the HTML report and its PNG figures; return the HTML's path.
 
     ``config`` is the workflow config; ``table_keys`` the tables to show (``None``: its
@@ -204,7 +205,10 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
     and Figure 5 (``figure5/*.png``); ``tables_dir``, when given, every table as a small
     standalone HTML page and a CSV. Separate folders let ``snakemake --report`` file each under
     its own category. ``benchmarks_dir`` (``results/<name>/benchmarks``) holds every rule's
-    benchmark file: the cost of the whole pipeline, stage by stage.
+    benchmark file: the cost of the whole pipeline, stage by stage. ``data_inputs`` lists the
+    downloaded inputs with the pin each was verified against (``key``, ``checksum``, ``size``,
+    ``pinned_by``: publisher or user, ``source``: a registered local copy), shown in an "Input
+    data" section.
     """
     paper = paper or load_paper_results()
     settings = ReportConfig.from_dict(config.get("report") or {"tables": list(table_keys or [])})
@@ -288,6 +292,7 @@ def render_report(config: Mapping[str, Any], table_keys: Sequence[str] | None,
         totals=totals(costs), pipeline=pipeline, paper_notes=paper.notes,
         deviations=deviations(config), versions=software_versions(), label=paper.label,
         seeds={r: sorted(res.seeds) for r, res in results.items()}, val_label=LABELS,
+        data_inputs=list(data_inputs or []),
         config_yaml=yaml.safe_dump(json.loads(json.dumps(dict(config), default=str)),
                                    sort_keys=False))
     return write_text(out_html, html)
