@@ -14,18 +14,43 @@ it), the dotted key path (``captioning.train.lr``) and what is expected.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.yaml"
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") -> T:
+    """Build the typed dataclass ``cls`` of one config section from ``values``.
+
+    Unknown keys and NaN or infinite numbers (which pass every ``<= 0`` check) raise a
+    ValueError naming them, because a misspelt key (``lr_decay_strat``) would otherwise train
+    silently with the default. Captioning and VQA build their configs through here (one floor
+    below both), so they refuse the same things the same way.
+    """
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(values)}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; "
+                         f"expected some of {sorted(names)}")
+    for key, value in values.items():
+        numbers = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+            raise ValueError(f"{where}.{key}: must be a finite number, got {value}")
+    return cls(**values)  # type: ignore[call-arg]
 
 
 class ConfigError(ValueError):

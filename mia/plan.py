@@ -189,8 +189,9 @@ def cnn_flops(cnn_json: str, size: int) -> tuple[float, float]:
     """Forward FLOPs of one image through the CNN: (frozen layers, trained layers)."""
     import torch
 
-    from mia.captioning.config import CNNConfig, from_dict
+    from mia.captioning.config import CNNConfig
     from mia.captioning.finetune import GridCNN
+    from mia.config import from_dict
 
     cfg = from_dict(CNNConfig, {**json.loads(cnn_json), "pretrained": False}, "cnn")
     with torch.device("meta"):

@@ -189,7 +189,7 @@ def test_fine_tuning_trains_cnn_layers_from_the_configured_epoch(tmp_path):
     from PIL import Image
 
     from mia.captioning.models import build_captioner
-    from mia.captioning.train import seed_everything
+    from mia.runtime import seed_everything
 
     torch.set_num_threads(1)
     data = ToyCaptionData()

@@ -7,13 +7,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from mia import variants
 from mia.captioning.step_capture import check_step_mode
+from mia.config import from_dict
 from mia.training.precision import check_precision
 
 T = TypeVar("T")
@@ -30,23 +30,6 @@ MIA_MODES: dict[str, dict[str, Any]] = {
     "paper": {"mia_attention_bias": False, "mia_textual_layer_shortcut": True,
               "mia_attention_dropout": 0.0, "mia_layer_dropout": True},
 }
-
-
-def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``values``; unknown keys and NaN or infinite numbers (which
-    pass every ``<= 0`` check) raise a ValueError naming them."""
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(values)}")
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; "
-                         f"expected some of {sorted(names)}")
-    for key, value in values.items():
-        numbers = value if isinstance(value, list | tuple) else [value]
-        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
-            raise ValueError(f"{where}.{key}: must be a finite number, got {value}")
-    return cls(**values)  # type: ignore[call-arg]
 
 
 @dataclass

@@ -20,6 +20,7 @@ from mia.captioning.config import CaptionerConfig
 from mia.captioning.models import build_captioner
 from mia.io import write_json
 from mia.progress import Progress
+from mia.runtime import move_batch, resolve_device
 from mia.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,8 @@ def tokens_to_words(tokens: Iterable[int], words: Sequence[str]) -> list[str]:
     return out
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch spells it."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
 
 
 @torch.no_grad()

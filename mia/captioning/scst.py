@@ -58,9 +58,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mia.captioning.config import from_dict
 from mia.captioning.sampling import EOS, PAD, Rollout, greedy_captions, sample_captions
 from mia.captioning.step_capture import check_step_mode
+from mia.config import from_dict
 from mia.data.karpathy import KarpathyImage, read_karpathy
 from mia.evaluation.cider import CiderD, CiderDConfig, DocumentFrequency
 from mia.evaluation.cider_df import load_document_frequency, save_document_frequency

@@ -41,11 +41,11 @@ import torch
 from torch import Tensor
 
 from mia.captioning.config import CaptionerConfig
-from mia.captioning.decode import caption_split, move_batch, resolve_device, vocab_words
+from mia.captioning.decode import caption_split, vocab_words
 from mia.captioning.models import build_captioner
 from mia.captioning.scst import SCSTConfig, SCSTScorer, scst_step, training_references
-from mia.captioning.train import seed_everything
 from mia.evaluation.cider import CiderD
+from mia.runtime import move_batch, resolve_device, seed_everything
 from mia.training.checkpoint import load_checkpoint
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
 from mia.training.step import adam_options

@@ -15,12 +15,10 @@ import dataclasses
 import logging
 import math
 import os
-import random
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -28,13 +26,14 @@ from torch import Tensor
 from mia.captioning import finetune
 from mia.captioning.beam import PAD
 from mia.captioning.config import TrainConfig
-from mia.captioning.decode import caption_split, move_batch, resolve_device, vocab_words
+from mia.captioning.decode import caption_split, vocab_words
 from mia.captioning.models import build_captioner, trim_captions
 from mia.captioning.transformer import noam_learning_rate
 from mia.captioning.updown import scheduled_sampling_probability
 from mia.data.loaders import prefetch
 from mia.dtypes import at_least_float32
 from mia.evaluation.cider import CiderD
+from mia.runtime import move_batch, resolve_device, seed_everything
 from mia.training.lifecycle import PREEMPTED_EXIT_CODE, Preempted
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
 from mia.training.precision import float32_region
@@ -91,10 +90,6 @@ def caption_loss(logits: Tensor, targets: Tensor, label_smoothing: float) -> Ten
     return torch.where(real, nll, torch.zeros_like(nll)).sum() / real.sum().clamp(min=1)
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def loop_settings(cfg: TrainConfig, score_key: str = "val_cider") -> LoopSettings:

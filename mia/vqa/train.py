@@ -35,26 +35,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from mia.captioning.config import from_dict
+from mia.config import from_dict
 from mia.data.errors import load_json
 from mia.data.loaders import prefetch
 from mia.evaluation.vqa import evaluate_vqa
+from mia.runtime import move_batch, resolve_device, seed_everything
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
 from mia.training.precision import check_precision, float32_region
 from mia.training.step import adamax_options
 from mia.vqa.config import VQAModelConfig
 from mia.vqa.models import build_vqa_model, soft_accuracy
-from mia.vqa.predict import move_batch, predict, resolve_device, results_list
+from mia.vqa.predict import predict, results_list
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +170,6 @@ def learning_rate(cfg: VQATrainConfig, epoch: int) -> float:
     return peak * cfg.lr_decay_factor ** decays
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every generator model building and dropout draw from."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def loop_settings(cfg: VQATrainConfig) -> LoopSettings:
