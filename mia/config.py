@@ -20,10 +20,12 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:  # imported where a config is validated: the GPU image has no jsonschema
+    import jsonschema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.yaml"
@@ -132,6 +134,8 @@ def _message(error: jsonschema.ValidationError, schema: Mapping[str, Any]) -> st
 def validate_config(config: Mapping[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH,
                     source: str = "config") -> None:
     """Raise :class:`ConfigError` naming the key of the first schema violation."""
+    import jsonschema  # here, not at the top: training code imports this module on GPU images
+
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))

@@ -116,6 +116,19 @@ def test_grid_cnn_is_the_trunk_children_5_on(image_paths):
     assert not any(p.requires_grad for p in cnn.parameters())
 
 
+def test_one_image_through_training_batchnorm_names_the_keys_to_change():
+    """A last batch of one 32-pixel image leaves one value per channel at layer4: torch's own
+    error names no key; ours names crop, batchnorm and batch_size (the paper-path miniature
+    hit it at the end of an epoch)."""
+    cnn = GridCNN(_cfg(batchnorm="train").cnn_config()).train()
+    assert cnn(torch.randn(2, 3, 32, 32)).shape == (2, 1, 512)  # two images: statistics exist
+    with pytest.raises(ValueError, match=r"captioner\.cnn\.crop >= 64.*batchnorm: eval"):
+        cnn(torch.randn(1, 3, 32, 32))
+    assert cnn(torch.randn(1, 3, 64, 64)).shape == (1, 4, 512)  # 2 x 2 cells: fine
+    assert GridCNN(_cfg(batchnorm="eval").cnn_config()).train()(
+        torch.randn(1, 3, 32, 32)).shape == (1, 1, 512)
+
+
 def test_cnn_trains_layers_2_to_4_only_after_the_epoch(image_paths):
     torch.manual_seed(0)
     model = build_captioner(_cfg(after=1, batchnorm="eval"), VOCAB)

@@ -117,6 +117,15 @@ class GridCNN(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) normalised images -> (B, (S/32)^2, C) grid features, row-major cells."""
         images = images.to(next(self.parameters()).dtype)  # the loader's float32 pixels
+        if self.training and self.batchnorm == "train" and images.shape[0] == 1 \
+                and images.shape[-1] < 2 * STRIDE:
+            # torch's own message ("Expected more than 1 value per channel") names no key
+            raise ValueError(
+                f"captioner.cnn.batchnorm: train takes BatchNorm statistics over the batch, but "
+                f"this batch holds one image whose {images.shape[-1]}-pixel crop leaves one "
+                f"cell per channel; set captioner.cnn.crop >= {2 * STRIDE} (and resize above "
+                f"it), or batchnorm: eval, or a train.batch_size whose last batch holds more "
+                f"than one image")
         with torch.no_grad():
             x = self.frozen(images)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
