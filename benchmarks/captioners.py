@@ -43,6 +43,7 @@ class Sizes:
     grid: int = 49
     regions: int = 36
     seed: int = 0
+    model: tuple[tuple[str, object], ...] = ()  # CaptionerConfig overrides (--check: tiny)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,11 @@ def measure(baseline: str, sizes: Sizes, device: torch.device, warmup: int, repe
     models, optimizers = {}, {}
     for variant in ("base", "mia"):
         torch.manual_seed(sizes.seed)
-        cfg = CaptionerConfig(baseline=baseline, variant=variant, feature_dim=sizes.feature_dim)
+        overrides = dict(sizes.model)
+        if overrides and baseline == "updown":
+            overrides["options"] = {"rnn_size": overrides["d_model"]}
+        cfg = CaptionerConfig(baseline=baseline, variant=variant, feature_dim=sizes.feature_dim,
+                              **overrides)
         models[variant] = build_captioner(cfg, sizes.vocab).to(device).train()
         optimizers[variant] = torch.optim.Adam(models[variant].parameters(), lr=5e-4,
                                                betas=(0.8, 0.999))
@@ -153,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="baselines to measure")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: batch 8, vocabulary 1,000, 1 repeat, no warm-up")
+    parser.add_argument("--check", action="store_true",
+                        help="tiny models, 1 step: does it run (benchmarks/gpu.sh --check)")
     args = parser.parse_args(argv)
+    args.quick = args.quick or args.check
     name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else args.device
     device = torch.device(name)
@@ -161,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
     gpu = device.type == "cuda"
     sizes = Sizes(batch=8, vocab=1000) if args.quick else Sizes()
+    if args.check:
+        sizes = Sizes(batch=2, words=4, vocab=50, feature_dim=16, grid=4, regions=4, model=(
+            ("d_model", 16), ("embed_dim", 16), ("attention_dim", 8), ("mia_heads", 2),
+            ("mia_d_ff", 16)))
     repeats = args.repeats or (1 if args.quick else 20 if gpu else 3)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 5 if gpu else 1)
     baselines = args.only or sorted(BASELINES)

@@ -57,8 +57,6 @@ class Result:
 
 def coco_mini_images() -> list[tuple[int, Path]]:
     root = REPO / "tests" / "data" / "coco-mini"
-    if not root.exists():
-        root = Path("/work/shared/data/coco-mini")
     images = json.loads((root / "instances.json").read_text())["images"]
     return [(im["id"], root / "images" / im["file_name"]) for im in images]
 

@@ -61,11 +61,17 @@ from mia.captioning.scst import (
     scst_step,
 )
 from mia.captioning.transformer import PrefixDecoder
-from mia.evaluation.cider import DocumentFrequency
-from mia.evaluation.cider_reference import (
-    pycocoevalcap_cider_d,
-    pycocoevalcap_document_frequency,
-)
+from mia.evaluation.cider import CiderD, DocumentFrequency
+
+try:  # the plain side's reward; the GPU machine has no pycocoevalcap (benchmarks/gpu.sh)
+    from mia.evaluation.cider_reference import (
+        pycocoevalcap_cider_d,
+        pycocoevalcap_document_frequency,
+    )
+except ImportError as missing:
+    PYCOCOEVALCAP_MISSING: str | None = f"{missing}"
+else:
+    PYCOCOEVALCAP_MISSING = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class BenchConfig:
     max_length: int = 16
     train_images: int = 2000
     seed: int = 0
+    width: int | None = None  # --check: every model this wide (tiny)
 
 
 MODELS = {
@@ -134,10 +141,17 @@ class PlainReward:
     def __init__(self, references: dict[int, list[str]], df_references: dict[int, list[str]],
                  vocab: list[str]) -> None:
         self.references, self.vocab = references, vocab
-        self.df, self.log_docs = pycocoevalcap_document_frequency(df_references)
+        if PYCOCOEVALCAP_MISSING is None:
+            self.df, self.log_docs = pycocoevalcap_document_frequency(df_references)
+        else:  # same numbers (tests/test_eval_cider.py), a scorer rebuilt per call
+            self.frequencies = DocumentFrequency(df_references, vocab=vocab)
 
     def __call__(self, image_ids: list[int], tokens: Tensor) -> np.ndarray:
         strings = [" ".join(self.vocab[t] for t in row) for row in candidate_ids(tokens)]
+        if PYCOCOEVALCAP_MISSING is not None:
+            refs = {k: self.references[i] for k, i in enumerate(image_ids)}
+            scorer = CiderD(refs, document_frequency=self.frequencies)
+            return scorer.score_batch(list(range(len(strings))), strings)
         pairs = [(s, self.references[i]) for s, i in zip(strings, image_ids, strict=True)]
         return pycocoevalcap_cider_d(pairs, self.df, self.log_docs)
 
@@ -267,7 +281,14 @@ def run_case(name: str, cfg: BenchConfig, device: torch.device, warmup: int, rep
              autocast: torch.dtype | None, data: tuple) -> Row:
     vocab, scorer, plain = data
     torch.manual_seed(cfg.seed)
-    captioner = CaptionerConfig(feature_dim=cfg.feature_dim, **MODELS[name])
+    model = dict(MODELS[name])
+    if cfg.width:  # --check: the same models, tiny
+        model.update(d_model=cfg.width, embed_dim=cfg.width, mia_heads=2, mia_d_ff=cfg.width)
+        model["options"] = ({"rnn_size": cfg.width} if name == "updown" else
+                            {"encoder_layers": 1, "decoder_layers": 1, "heads": 2,
+                             "d_ff": cfg.width})
+        model.pop("attention_dim", None)
+    captioner = CaptionerConfig(feature_dim=cfg.feature_dim, **model)
     model = build_captioner(captioner, len(vocab)).to(device).train()
     batch = image_batch(cfg, device)
     scst = SCSTConfig(samples_per_image=cfg.samples, max_length=cfg.max_length)
@@ -323,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                              "machine busy with other work")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 timed step, no warm-up, Transformer only")
+    parser.add_argument("--check", action="store_true",
+                        help="--quick with tiny models: does it run (benchmarks/gpu.sh --check)")
     args = parser.parse_args(argv)
+    args.quick = args.quick or args.check
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -334,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.quick else args.repeats or (10 if gpu else 3)
     warmup = 0 if args.quick else (args.warmup if args.warmup is not None else (3 if gpu else 1))
     cfg = BenchConfig()
+    if args.check:
+        cfg = BenchConfig(images=2, samples=2, regions=4, feature_dim=16, words=40,
+                          max_length=5, train_images=20, width=16)
     vocab = ["<pad>", "<bos>", "<eos>", "<unk>", *(f"w{i}" for i in range(cfg.words))]
     train = synthetic_references(cfg, vocab)
     df_refs = {k: [f"{s} <eos>" for s in v] for k, v in train.items()}
@@ -342,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                         DocumentFrequency(df_refs, vocab=vocab))
     built = time.perf_counter() - start
     plain = PlainReward(reward_references(train, cfg.max_length), df_refs, vocab)
+    if PYCOCOEVALCAP_MISSING is not None:
+        print(f"plain reward: pycocoevalcap is not installed here ({PYCOCOEVALCAP_MISSING}); "
+              "the plain side scores with mia.evaluation.cider.CiderD rebuilt per batch (the "
+              "same numbers; its reward ms are not pycocoevalcap's)", flush=True)
     print(f"SCST step benchmark: {cfg.images} images x {cfg.samples} samples, {cfg.regions} "
           f"regions x {cfg.feature_dim}, vocabulary {len(vocab)}, {cfg.max_length} tokens, "
           f"greedy baseline, train mode; median of {repeats} interleaved after {warmup} "

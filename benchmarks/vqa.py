@@ -49,6 +49,8 @@ class Sizes:
 
 
 QUICK = Sizes(updown_batch=32, ban_batch=16, question_vocab=2_000, answers=500)
+CHECK = Sizes(updown_batch=4, ban_batch=4, boxes=4, feature_dim=16, words=4, question_vocab=50,
+              answers=20, concept_vocab=20)
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,11 @@ def run_pair(baseline: str, sizes: Sizes, device: torch.device, autocast: torch.
              warmup: int, repeats: int) -> list[Row]:
     """Base and MIA of one baseline, timed interleaved (A B, B A, ...) so load hits both alike."""
     batch = sizes.updown_batch if baseline == "updown" else sizes.ban_batch
-    trainers = [Trainer(VQAModelConfig(baseline=baseline, variant=v), sizes, batch, device,
-                        autocast) for v in ("base", "mia")]
+    tiny = {"hidden": 16, "embed_dim": 8, "concept_embed_dim": 8, "mia_d_model": 16,
+            "mia_heads": 2, "mia_d_ff": 16} if sizes == CHECK else {}
+    trainers = [Trainer(VQAModelConfig(baseline=baseline, variant=v,
+                                       feature_dim=sizes.feature_dim, **tiny), sizes, batch,
+                        device, autocast) for v in ("base", "mia")]
     for _ in range(warmup):
         for t in trainers:
             t.timed()
@@ -198,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
     parser.add_argument("--quick", action="store_true", help="small batch and vocabularies")
+    parser.add_argument("--check", action="store_true",
+                        help="tiny models, 1 step: does it run (benchmarks/gpu.sh --check)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed steps per model (default 2 on CPU, 20 on GPU)")
     parser.add_argument("--warmup", type=int, default=None,
@@ -213,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (20 if gpu else 2)
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
     sizes = QUICK if args.quick else Sizes()
+    if args.check:
+        sizes, repeats, warmup = CHECK, 1, 0
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 rows are float32
     print(f"VQA training-step benchmark{' (--quick)' if args.quick else ''}: {sizes}; "

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mia.data.demo_cli",
     "mia.evaluation.cli",
     "mia.features.cli",
+    "mia.plan_cli",
     "mia.report.cli",
     "mia.train_cli",
 )

@@ -14,18 +14,45 @@ it), the dotted key path (``captioning.train.lr``) and what is expected.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:  # imported where a config is validated: the GPU image has no jsonschema
+    import jsonschema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.yaml"
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") -> T:
+    """Build the typed dataclass ``cls`` of one config section from ``values``.
+
+    Unknown keys and NaN or infinite numbers (which pass every ``<= 0`` check) raise a
+    ValueError naming them, because a misspelt key (``lr_decay_strat``) would otherwise train
+    silently with the default. Captioning and VQA build their configs through here (one floor
+    below both), so they refuse the same things the same way.
+    """
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(values)}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; "
+                         f"expected some of {sorted(names)}")
+    for key, value in values.items():
+        numbers = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+            raise ValueError(f"{where}.{key}: must be a finite number, got {value}")
+    return cls(**values)  # type: ignore[call-arg]
 
 
 class ConfigError(ValueError):
@@ -107,6 +134,8 @@ def _message(error: jsonschema.ValidationError, schema: Mapping[str, Any]) -> st
 def validate_config(config: Mapping[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH,
                     source: str = "config") -> None:
     """Raise :class:`ConfigError` naming the key of the first schema violation."""
+    import jsonschema  # here, not at the top: training code imports this module on GPU images
+
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))

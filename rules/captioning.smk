@@ -62,3 +62,28 @@ rule decode_captions:
         data_root=ROOT,
     script:
         "../workflow_scripts/decode_captions.py"
+
+
+rule caption_image_store:
+    input:
+        karpathy=KARPATHY_JSON,
+        images=image_dirs(),
+    output:
+        store=f"{R}/images/images_{{purpose}}_{{size}}px.h5",
+    log:
+        f"{R}/logs/caption_image_store/{{purpose}}_{{size}}px.log",
+    benchmark:
+        f"{R}/benchmarks/caption_image_store/{{purpose}}_{{size}}px.tsv"
+    wildcard_constraints:
+        purpose="train|eval",
+        size="[0-9]+",
+    conda:
+        CORE_ENV
+    threads: res("image_store", "threads")
+    resources:
+        mem_mb=res("image_store", "mem_mb"),
+        runtime=res("image_store", "runtime"),
+    params:
+        root=raw_root,
+    script:
+        "../workflow_scripts/build_image_store.py"

@@ -337,9 +337,15 @@ def fine_tunes_cnn(baseline):
     return caption_settings(baseline, "model").get("fine_tune_cnn_after_epoch") is not None
 
 
+def image_store_path(purpose, size):
+    """The fine-tuning images, decoded once by caption_image_store: train at the CNN's resize,
+    eval (val + test) at its crop."""
+    return f"{R}/images/images_{purpose}_{size}px.h5"
+
+
 def caption_inputs(wildcards):
     """The stores a captioning run reads: captions, its features, and the matching concepts; a
-    run that fine-tunes its CNN also reads the images (listed by the Karpathy JSON)."""
+    run that fine-tunes its CNN also reads the images, from the image stores (decoded once)."""
     kind = config["captioning"]["baselines"][wildcards.baseline]["features"]
     inputs = {
         "captions": CAPTIONS_STORE,
@@ -347,9 +353,12 @@ def caption_inputs(wildcards):
         "concepts": f"{R}/features/concepts_{kind}.h5",
     }
     if fine_tunes_cnn(wildcards.baseline):
-        inputs.update(karpathy=KARPATHY_JSON, images=image_dirs())
         cnn = caption_settings(wildcards.baseline, "model").get("cnn") or {}
-        inputs.update(cnn_weights=local_weights(cnn))
+        inputs.update(
+            image_train=image_store_path("train", cnn.get("resize", 256)),
+            image_eval=image_store_path("eval", cnn.get("crop", 224)),
+            cnn_weights=local_weights(cnn),
+        )
     return inputs
 
 

@@ -8,6 +8,7 @@ kill it there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,12 +45,21 @@ NAMES = ["000000041888.jpg", "000000006818.jpg", "000000051191.jpg", "0000000586
          "000000060623.jpg", "000000111076.jpg", "000000173350.jpg"]
 
 
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread, as in the subprocesses: the same float sums in the same order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the subprocesses: the same float sums in the same order
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +81,8 @@ def read(path: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, weights) -> Path:
     out = tmp_path_factory.mktemp("store") / "regions_bottom_up.h5"
-    return extract_bottom_up_features(images(), out, BottomUpConfig(**SETTINGS), weights)
+    with one_thread():  # a module fixture is built before the autouse one sets the threads
+        return extract_bottom_up_features(images(), out, BottomUpConfig(**SETTINGS), weights)
 
 
 def test_the_store_holds_each_images_regions_in_order(store, weights):

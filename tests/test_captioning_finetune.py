@@ -116,6 +116,19 @@ def test_grid_cnn_is_the_trunk_children_5_on(image_paths):
     assert not any(p.requires_grad for p in cnn.parameters())
 
 
+def test_one_image_through_training_batchnorm_names_the_keys_to_change():
+    """A last batch of one 32-pixel image leaves one value per channel at layer4: torch's own
+    error names no key; ours names crop, batchnorm and batch_size (the paper-path miniature
+    hit it at the end of an epoch)."""
+    cnn = GridCNN(_cfg(batchnorm="train").cnn_config()).train()
+    assert cnn(torch.randn(2, 3, 32, 32)).shape == (2, 1, 512)  # two images: statistics exist
+    with pytest.raises(ValueError, match=r"captioner\.cnn\.crop >= 64.*batchnorm: eval"):
+        cnn(torch.randn(1, 3, 32, 32))
+    assert cnn(torch.randn(1, 3, 64, 64)).shape == (1, 4, 512)  # 2 x 2 cells: fine
+    assert GridCNN(_cfg(batchnorm="eval").cnn_config()).train()(
+        torch.randn(1, 3, 32, 32)).shape == (1, 1, 512)
+
+
 def test_cnn_trains_layers_2_to_4_only_after_the_epoch(image_paths):
     torch.manual_seed(0)
     model = build_captioner(_cfg(after=1, batchnorm="eval"), VOCAB)
@@ -286,3 +299,124 @@ def test_imagenet_weights_load_into_the_cnn(tmp_path):
     before = _snapshot(plain.cnn)
     load_imagenet_weights(plain)
     assert _changed(before, plain.cnn) == set()
+
+
+# ----------------------------------------------------------------------------- the image store
+
+def _stores(image_paths, tmp_path, cfg):
+    from mia.captioning.image_store import ImageStore, build_image_store
+
+    items = sorted(image_paths.items())
+    train = build_image_store(items, tmp_path / "images_train_40px.h5", cfg.resize)
+    evaluation = build_image_store(items, tmp_path / "images_eval_32px.h5", cfg.crop,
+                                   purpose="eval")
+    return ImageStore(train), ImageStore(evaluation)
+
+
+def test_store_crops_equal_the_per_item_jpeg_path_bit_for_bit(image_paths, tmp_path):
+    """Decoded once into uint8, cropped and flipped by one gather, normalised in float32: the
+    same pixels as decoding each item (same windows: same seeds, resumed epochs included)."""
+    from mia.captioning.finetune import device_crops, with_store_images
+
+    cfg = _cfg().cnn_config()
+    train_store, eval_store = _stores(image_paths, tmp_path, cfg)
+    per_item = CaptionImages(image_paths, cfg, train=True)
+    for start in (0, 1):
+        batches = _batches(3)[start:]
+        old = [b["images"] for b in with_images(iter(batches), per_item, 0, seed=5, epoch=2,
+                                                start=start)]
+        new = [device_crops(b["images"], b["crop_windows"], cfg.crop)
+               for b in with_store_images(iter(batches), train_store, cfg, True, seed=5,
+                                          epoch=2, start=start)]
+        assert all(torch.equal(a, b) for a, b in zip(old, new, strict=True))
+    flips = [int(w[2]) for b in with_store_images(iter(_batches(3)), train_store, cfg, True, 5, 2)
+             for w in b["crop_windows"]]
+    assert 0 < sum(flips) < len(flips)  # both mirrored and plain windows were compared
+    plain = CaptionImages(image_paths, cfg, train=False)
+    for b in with_store_images(iter(_batches(2)), eval_store, cfg, False):
+        expected = torch.stack([plain[(int(i), 0)] for i in b["image_ids"]])
+        assert "crop_windows" not in b
+        assert torch.equal(device_crops(b["images"], None, cfg.crop), expected)
+    with pytest.raises(ValueError, match="captioner.cnn.resize is 48"):
+        next(with_store_images(iter(_batches(1)), train_store, _cfg(resize=48).cnn_config(),
+                               True))
+
+
+def test_store_refuses_missing_images_by_id(image_paths, tmp_path):
+    from mia.data.store import StoreError
+
+    cfg = _cfg().cnn_config()
+    train_store, _ = _stores({k: v for k, v in image_paths.items() if k != 103}, tmp_path, cfg)
+    from mia.captioning.finetune import with_store_images
+
+    with pytest.raises(StoreError, match="image id 103"):
+        list(with_store_images(iter(_batches(2)), train_store, cfg, True))
+
+
+def test_a_batch_by_image_runs_the_cnn_once_per_image(image_paths, tmp_path):
+    """16 images x 5 captions = 80 rows cost 16 CNN passes, not 80; every caption of an image
+    gets that image's features (one crop per image and step)."""
+    from mia.captioning.finetune import with_store_images
+
+    torch.manual_seed(0)
+    model = build_captioner(_cfg(after=0), VOCAB).train()
+    cnn_config = model.cfg.cnn_config()
+    train_store, _ = _stores(image_paths, tmp_path, cnn_config)
+    seen = []
+    model.cnn.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    batch = tiny_batch(b=10, n=4, k=5, seed=0)
+    del batch["features"], batch["feature_mask"]
+    batch["caption_image"] = torch.arange(10) // 5  # captions 0-4: image 0, 5-9: image 1
+    batch["batch_image_ids"] = torch.tensor([101, 104])
+    batch["image_ids"] = torch.tensor([101] * 5 + [104] * 5)
+    batch = next(with_store_images(iter([batch]), train_store, cnn_config, True, seed=1))
+    assert batch["images"].shape[0] == 2 and batch["crop_windows"].shape == (2, 3)
+    encoded = model.cnn.featurize(batch)
+    assert seen == [2]  # two images through the CNN for ten caption rows
+    assert torch.equal(encoded["features"][0], encoded["features"][4])
+    assert torch.equal(encoded["features"][5], encoded["features"][9])
+    assert not torch.equal(encoded["features"][0], encoded["features"][5])
+    logits = model(batch)
+    assert logits.shape[0] == 10
+
+
+def test_training_with_image_stores_by_image(tmp_path):
+    """The workflow's path end to end on the toy world: image stores, batches by image, the
+    CNN trained from epoch 2 on, resumed exactly."""
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_captioning_train import ToyCaptionData, toy_config
+
+    from mia.captioning.image_store import build_image_store
+    from mia.captioning.train import train_captioner
+    from mia.training.checkpoint import load_checkpoint
+
+    data = ToyCaptionData()
+    rng = np.random.default_rng(0)
+    items = []
+    for image_id in data.image_ids.tolist():
+        path = tmp_path / f"{image_id}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+        items.append((image_id, str(path)))
+    stores = (build_image_store(items, tmp_path / "train.h5", 40),
+              build_image_store(items, tmp_path / "eval.h5", 32, purpose="eval"))
+    captioner = {**toy_config().captioner.__dict__, "feature_dim": 512, "variant": "base",
+                 "fine_tune_cnn_after_epoch": 1,
+                 "cnn": {"backbone": "resnet18", "pretrained": False, "resize": 40, "crop": 32,
+                         "workers": 0}}
+    cfg = toy_config(captioner=captioner, epochs=2, batch_size=4, checkpoint_every=2)
+    assert cfg.batches_by_image  # auto: by image when the CNN is fine-tuned
+    result = train_captioner(cfg, data, tmp_path / "run", image_stores=stores)
+    assert [row["steps"] for row in result.history] == [4, 4]  # 8 images, 2 a batch
+    straight = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    one = train_captioner(toy_config(captioner=captioner, epochs=1, batch_size=4,
+                                     checkpoint_every=2), data, tmp_path / "resumed",
+                          image_stores=stores)
+    assert len(one.history) == 1
+    train_captioner(cfg, data, tmp_path / "resumed", image_stores=stores)  # resumes epoch 2
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

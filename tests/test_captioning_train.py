@@ -77,6 +77,23 @@ class ToyCaptionData:
     def num_train_batches(self, batch_size: int) -> int:
         return -(-len(self.items) // batch_size)
 
+    captions_per_image = 2
+
+    def train_batches_by_image(self, epoch: int, images_per_batch: int, seed: int,
+                               start: int = 0):
+        """All captions of ``images_per_batch`` images a batch (CaptionData's contract)."""
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.image_ids))
+        for b in range(start, self.num_train_image_batches(images_per_batch)):
+            rows = order[b * images_per_batch:(b + 1) * images_per_batch].tolist()
+            chosen = [(r, t) for r in rows for t in self.texts[int(self.image_ids[r])]]
+            batch = self._batch([r for r, _ in chosen], [t for _, t in chosen])
+            batch["batch_image_ids"] = torch.as_tensor(self.image_ids[rows])
+            batch["caption_image"] = torch.tensor([rows.index(r) for r, _ in chosen])
+            yield batch
+
+    def num_train_image_batches(self, images_per_batch: int) -> int:
+        return -(-len(self.image_ids) // images_per_batch)
+
     def eval_batches(self, split: str, batch_size: int):
         rows = list(range(len(self.image_ids)))  # val and test are the training images here
         for b in range(0, len(rows), batch_size):
@@ -172,7 +189,7 @@ def test_fine_tuning_trains_cnn_layers_from_the_configured_epoch(tmp_path):
     from PIL import Image
 
     from mia.captioning.models import build_captioner
-    from mia.captioning.train import seed_everything
+    from mia.runtime import seed_everything
 
     torch.set_num_threads(1)
     data = ToyCaptionData()
@@ -200,7 +217,7 @@ def test_fine_tuning_trains_cnn_layers_from_the_configured_epoch(tmp_path):
     assert all(torch.equal(after_two[k], initial[k]) for k in cnn if k.startswith("cnn.frozen."))
     decoder = [k for k in initial if k.startswith("decoder.")]
     assert any(not torch.equal(after_one[k], initial[k]) for k in decoder)
-    with pytest.raises(ValueError, match="pass image_paths"):
+    with pytest.raises(ValueError, match="pass image_stores .* or image_paths"):
         train_captioner(two, data, tmp_path / "none")
 
 
@@ -334,7 +351,10 @@ def test_optimizer_rebuilt_each_epoch_equals_a_new_adam():
     by_hand = copy.deepcopy(task.model)
     task.start_epoch(2)  # a new epoch: a new Adam
     assert not task.optimizer.state
-    new_adam = torch.optim.Adam(by_hand.parameters(), lr=task.cfg.lr, betas=task.cfg.betas)
+    from mia.training.step import adam_options  # the trainer's kernel (fused), not another
+
+    new_adam = torch.optim.Adam(by_hand.parameters(), lr=task.cfg.lr, betas=task.cfg.betas,
+                                **adam_options(task.device))
     for model, opt in ((task.model, task.optimizer), (by_hand, new_adam)):
         _manual_step(model, opt, batches[2])
         opt.step()

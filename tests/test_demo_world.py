@@ -20,8 +20,7 @@ from PIL import Image
 from mia.data.demo import BACKGROUNDS, COLORS, SHAPES, DemoConfig, generate_demo_world
 
 CFG = DemoConfig(num_images=120, image_size=96, seed=3)
-COCO_MINI_CANDIDATES = [Path(__file__).resolve().parent / "data" / "coco-mini",
-                        Path("/work/shared/data/coco-mini")]
+COCO_MINI_CANDIDATES = [Path(__file__).resolve().parent / "data" / "coco-mini"]
 SUBSETS = ("train2014", "val2014")
 
 # Words the captions may use for each shape / colour.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import h5py
@@ -38,8 +37,6 @@ from mia.features.concepts import (
     word_presence,
 )
 from mia.features.grid import GridFeatureConfig, extract_grid_features_from_karpathy
-
-SHARED_COCO_MINI = Path("/work/shared/data/coco-mini")
 
 
 def test_average_precision_matches_definition():
@@ -192,9 +189,8 @@ def test_real_coco_mini_concepts(tmp_path, data_dir):
     fixtures = pytest.importorskip("coco_mini_fixtures", reason="tests/coco_mini_fixtures.py")
     coco = data_dir / "coco-mini"
     if not (coco / "captions.json").exists():
-        if not SHARED_COCO_MINI.exists():
-            pytest.skip("tests/data/coco-mini is missing (and no shared copy to take it from)")
-        subprocess.run(["cp", "-rn", str(SHARED_COCO_MINI), str(coco)], check=True)
+        pytest.fail(f"{coco}: the coco-mini fixture (33 real COCO images) is missing from "
+                    "the checkout; restore tests/data/coco-mini from git")
     karpathy = fixtures.write_karpathy(tmp_path / "dataset_coco.json")
     images = json.loads(karpathy.read_text())["images"]
     from mia.features.grid import extract_grid_features

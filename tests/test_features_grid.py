@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import urllib.error
 from pathlib import Path
 
@@ -29,16 +28,13 @@ from mia.features.grid import (
 from mia.features.images import BadImagesError, images_from_karpathy
 from mia.vision import torchvision
 
-SHARED_COCO_MINI = Path("/work/shared/data/coco-mini")
-
 
 @pytest.fixture(scope="module")
 def coco_mini(data_dir: Path) -> Path:
     path = data_dir / "coco-mini"
     if not (path / "instances.json").exists():
-        if not SHARED_COCO_MINI.exists():
-            pytest.skip("tests/data/coco-mini is missing (and no shared copy to take it from)")
-        subprocess.run(["cp", "-rn", str(SHARED_COCO_MINI), str(path)], check=True)
+        pytest.fail(f"{path}: the coco-mini fixture (33 real COCO images) is missing from "
+                    "the checkout; restore tests/data/coco-mini from git")
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -38,7 +37,6 @@ from mia.features.regions import (
 )
 from mia.vision import torchvision
 
-SHARED_COCO_MINI = Path("/work/shared/data/coco-mini")
 DATASETS = {"image_ids", "features", "boxes", "num_boxes", "image_w", "image_h"}
 
 
@@ -46,9 +44,8 @@ DATASETS = {"image_ids", "features", "boxes", "num_boxes", "image_w", "image_h"}
 def coco_mini(data_dir: Path) -> Path:
     path = data_dir / "coco-mini"
     if not (path / "instances.json").exists():
-        if not SHARED_COCO_MINI.exists():
-            pytest.skip("tests/data/coco-mini is missing (and no shared copy to take it from)")
-        subprocess.run(["cp", "-rn", str(SHARED_COCO_MINI), str(path)], check=True)
+        pytest.fail(f"{path}: the coco-mini fixture (33 real COCO images) is missing from "
+                    "the checkout; restore tests/data/coco-mini from git")
     return path
 
 

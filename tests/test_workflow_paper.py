@@ -56,7 +56,7 @@ def sizes_overlay(weights: Path) -> dict:
         "captioning": {
             "model": {"d_model": 32, "embed_dim": 32, "attention_dim": 16, "mia_heads": 2,
                       "mia_d_ff": 32,
-                      "cnn": {"weights_path": str(weights), "resize": 36, "crop": 32,
+                      "cnn": {"weights_path": str(weights), "resize": 72, "crop": 64,
                               "workers": 0}},
             "train": {"epochs": 1, "batch_size": 20, "checkpoint_every": 100, "log_every": 10,
                       "val_batch_size": 50, "device": "cpu"},

@@ -19,11 +19,12 @@ import torch  # noqa: E402
 
 from mia.captioning.scst import SCSTConfig  # noqa: E402
 from mia.captioning.scst_train import train_scst  # noqa: E402
-from mia.data.loaders import CaptionData  # noqa: E402
+from mia.data.loaders import CaptionData, LoaderConfig  # noqa: E402
 from mia.training import RunDirectory, fingerprint, run_training_job  # noqa: E402
 
 torch.set_num_threads(smk.threads)
-data = CaptionData.from_stores(smk.input.captions, smk.input.features, smk.input.concepts)
+data = CaptionData.from_stores(smk.input.captions, smk.input.features, smk.input.concepts,
+                               LoaderConfig.for_device(smk.params.scst.get("device", "auto")))
 cfg = SCSTConfig.from_dict({**smk.params.scst, "seed": int(smk.wildcards.seed)},
                            "config captioning.scst")
 inputs = {"captions": smk.input.captions, "features": smk.input.features,

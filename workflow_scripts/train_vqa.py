@@ -17,13 +17,15 @@ log = start(smk)
 
 import torch  # noqa: E402
 
-from mia.data.loaders import VQAData  # noqa: E402
+from mia.data.loaders import LoaderConfig, VQAData  # noqa: E402
 from mia.training import RunDirectory, fingerprint, run_training_job  # noqa: E402
 from mia.vqa.config import VQAModelConfig  # noqa: E402
 from mia.vqa.train import VQATrainConfig, train_vqa  # noqa: E402
 
 torch.set_num_threads(smk.threads)
-data = VQAData.from_stores(smk.input.vqa, smk.input.features, concepts_h5=smk.input.concepts)
+data = VQAData.from_stores(smk.input.vqa, smk.input.features,
+                          LoaderConfig.for_device(smk.params.train.get("device", "auto")),
+                          concepts_h5=smk.input.concepts)
 model = VQAModelConfig.from_dict(
     {**smk.params.model, "baseline": smk.wildcards.baseline, "variant": smk.wildcards.variant,
      "feature_dim": int(data.features.shape[2])}, "config vqa.model")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mia.captioning.step_capture import decoder_step, early_exit
 from mia.dtypes import at_least_float32
 
 # Caption vocabulary layout fixed by docs/CONTRACTS.md.
@@ -61,9 +62,12 @@ def _pad_to(tokens: Tensor, length: int) -> Tensor:
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, batch: dict[str, Tensor], max_length: int) -> Decoded:
-    """Pick the most probable word at every step (the reference beam search must match at K=1)."""
+def greedy_decode(model: nn.Module, batch: dict[str, Tensor], max_length: int,
+                  step_mode: str = "eager") -> Decoded:
+    """Pick the most probable word at every step (the reference beam search must match at K=1).
+    ``step_mode``: :mod:`mia.captioning.step_capture` (the same captions in every mode)."""
     decoder = model.decoder
+    step, check = decoder_step(decoder, step_mode), early_exit(step_mode)
     ctx = decoder.prepare(model.encode(batch))
     state = decoder.init_state(ctx)
     b = ctx.memory.shape[0]
@@ -72,24 +76,29 @@ def greedy_decode(model: nn.Module, batch: dict[str, Tensor], max_length: int) -
     scores = torch.zeros(b, device=words.device)
     out = []
     for _ in range(max_length):
-        logits, state = decoder.step(words, state, ctx)
+        logits, state = step(words, state, ctx)
         best_lp, best = _log_probs(logits).max(dim=-1)
         words = torch.where(finished, torch.full_like(best, PAD), best)
         scores = scores + torch.where(finished, torch.zeros_like(best_lp), best_lp)
         out.append(words)
         finished = finished | (words == EOS)
-        if bool(finished.all()):
+        if check and bool(finished.all()):
             break
     return Decoded(_pad_to(torch.stack(out, dim=1), max_length), scores)
 
 
 @torch.no_grad()
 def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_size: int,
-                max_length: int) -> Decoded:
-    """Batched beam search; returns the highest-scoring hypothesis of each image."""
+                max_length: int, step_mode: str = "eager") -> Decoded:
+    """Batched beam search; returns the highest-scoring hypothesis of each image.
+
+    ``step_mode`` (:mod:`mia.captioning.step_capture`): ``eager`` asks the device twice per token
+    (any better finished caption? every image settled?); ``fixed``/``compiled`` ask nothing and
+    run all ``max_length`` steps, with the same result (a settled image cannot change)."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     decoder = model.decoder
+    step, check = decoder_step(decoder, step_mode), early_exit(step_mode)
     ctx = decoder.prepare(model.encode(batch))
     b, k = ctx.memory.shape[0], beam_size
     ctx = ctx.repeat_interleave(k)  # (B*K, ...), image-major
@@ -105,7 +114,7 @@ def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_size: int,
     image_offset = torch.arange(b, device=device).unsqueeze(1) * k  # (B, 1)
     rank = torch.arange(2 * k, device=device)
     for t in range(max_length):
-        logits, state = decoder.step(words, state, ctx)
+        logits, state = step(words, state, ctx)
         logp = _log_probs(logits).view(b, k, -1)  # (B, K, V)
         vocab = logp.shape[-1]
         cand, flat = (scores.unsqueeze(-1) + logp).view(b, k * vocab).topk(
@@ -117,7 +126,7 @@ def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_size: int,
                                torch.full_like(cand, float("-inf")))
         top_finished, which = finished.max(dim=-1)  # (B,)
         better = top_finished > best_score
-        if bool(better.any()):
+        if not check or bool(better.any()):
             src = origin.gather(1, which[:, None]).squeeze(1)  # (B,) beam it extends
             ended = torch.cat([tokens[torch.arange(b, device=device), src],
                                torch.full((b, 1), EOS, dtype=torch.long, device=device)], -1)
@@ -133,7 +142,7 @@ def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_size: int,
         tokens = torch.cat([tokens.gather(1, origin.unsqueeze(-1).expand(-1, -1, t)),
                             word.unsqueeze(-1)], dim=-1)
         words = word.view(-1)
-        if bool((best_score >= scores.max(dim=-1).values).all()):
+        if check and bool((best_score >= scores.max(dim=-1).values).all()):
             break  # no open beam can still beat a finished caption of its image
     # Captions cut at max_length compete on their score so far.
     open_best, which = scores.max(dim=-1)
@@ -144,11 +153,11 @@ def beam_search(model: nn.Module, batch: dict[str, Tensor], beam_size: int,
 
 
 def decode(model: nn.Module, batch: dict[str, Tensor], beam_size: int,
-           max_length: int) -> Decoded:
+           max_length: int, step_mode: str = "eager") -> Decoded:
     """Greedy for ``beam_size == 1`` (cheaper), beam search otherwise; same results either way."""
     if beam_size == 1:
-        return greedy_decode(model, batch, max_length)
-    return beam_search(model, batch, beam_size, max_length)
+        return greedy_decode(model, batch, max_length, step_mode)
+    return beam_search(model, batch, beam_size, max_length, step_mode)
 
 
 @torch.no_grad()

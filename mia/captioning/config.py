@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from mia import variants
+from mia.captioning.step_capture import check_step_mode
+from mia.config import from_dict
+from mia.training.precision import check_precision
 
 T = TypeVar("T")
 
@@ -28,23 +30,6 @@ MIA_MODES: dict[str, dict[str, Any]] = {
     "paper": {"mia_attention_bias": False, "mia_textual_layer_shortcut": True,
               "mia_attention_dropout": 0.0, "mia_layer_dropout": True},
 }
-
-
-def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``values``; unknown keys and NaN or infinite numbers (which
-    pass every ``<= 0`` check) raise a ValueError naming them."""
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(values)}")
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; "
-                         f"expected some of {sorted(names)}")
-    for key, value in values.items():
-        numbers = value if isinstance(value, list | tuple) else [value]
-        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
-            raise ValueError(f"{where}.{key}: must be a finite number, got {value}")
-    return cls(**values)  # type: ignore[call-arg]
 
 
 @dataclass
@@ -215,6 +200,16 @@ class TrainConfig:
       moments and step counts (the released code builds a new ``torch.optim.Adam`` per epoch;
       the CNN's optimiser is built once and kept). Exactly resumable: a resumed epoch does not
       rebuild again.
+
+    ``batch_by``: ``caption`` (``batch_size`` captions drawn freely, the released loader) or
+    ``image`` (``batch_size / 5`` images with all their captions, self-critical.pytorch's
+    ``seq_per_img``; :mod:`mia.captioning.finetune` says what it changes); ``auto``: ``image``
+    when the CNN is fine-tuned (its forward then runs once per image, not once per caption),
+    else ``caption``.
+
+    GPU: ``precision`` (:mod:`mia.training.precision`), ``decode_step`` of validation
+    (:mod:`mia.captioning.step_capture`), ``prefetch_batches`` gathered by a background thread
+    while the GPU trains (CUDA runs only: on a CPU the thread takes the step's own cores).
     """
 
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
@@ -252,11 +247,21 @@ class TrainConfig:
     keep_optimizer_state: bool = False
     weight_clamp: float = 0.0  # released: 0.1 (decoder parameters, before each step)
     rebuild_optimizer_each_epoch: bool = False  # released: True
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
+    batch_by: Literal["auto", "caption", "image"] = "auto"
+    decode_step: Literal["eager", "fixed", "compiled"] = "eager"  # validation's token loop
+    prefetch_batches: int = 2  # CUDA runs: batches gathered ahead by a thread (0: none)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # YAML gives a list
         if len(self.betas) != 2:
             raise ValueError(f"train.betas: expected two numbers, got {self.betas}")
+        check_precision(self.precision, "train.precision")
+        check_step_mode(self.decode_step, "train.decode_step")
+        if self.batch_by not in ("auto", "caption", "image"):
+            raise ValueError(f"train.batch_by: {self.batch_by!r} is not auto, caption or image")
+        if self.prefetch_batches < 0:
+            raise ValueError(f"train.prefetch_batches: must be >= 0, got {self.prefetch_batches}")
         for name in ("epochs", "batch_size", "val_beam_size", "val_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
@@ -267,6 +272,13 @@ class TrainConfig:
                              f"{self.weight_clamp}")
         if self.lr_schedule == "noam" and self.warmup_steps < 1:
             raise ValueError("train.warmup_steps: the noam schedule needs warmup_steps >= 1")
+
+    @property
+    def batches_by_image(self) -> bool:
+        """Whether batches hold whole images' captions (``batch_by``, resolved)."""
+        if self.batch_by == "auto":
+            return self.captioner.fine_tunes_cnn
+        return self.batch_by == "image"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "train") -> TrainConfig:

@@ -20,6 +20,7 @@ from mia.captioning.config import CaptionerConfig
 from mia.captioning.models import build_captioner
 from mia.io import write_json
 from mia.progress import Progress
+from mia.runtime import move_batch, resolve_device
 from mia.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -42,23 +43,18 @@ def tokens_to_words(tokens: Iterable[int], words: Sequence[str]) -> list[str]:
     return out
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch spells it."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
 
 
 @torch.no_grad()
 def caption_split(model: torch.nn.Module, data: Any, split: str, beam_size: int, max_length: int,
                   batch_size: int = 100, should_stop: Callable[[], bool] | None = None,
-                  images: Any = None) -> dict[int, str] | None:
+                  images: Any = None, step_mode: str = "eager") -> dict[int, str] | None:
     """``{image_id: caption}`` for every image of ``split`` (model put in eval mode).
+
+    ``step_mode``: how the token loop runs (:mod:`mia.captioning.step_capture`); the captions
+    are the same in every mode.
 
     ``images``: a ``finetune.CaptionImages`` (evaluation transform) for captioners that fine-tuned
     their CNN and so read images; ignored otherwise.
@@ -77,9 +73,12 @@ def caption_split(model: torch.nn.Module, data: Any, split: str, beam_size: int,
             raise ValueError("this captioner fine-tuned its CNN, so it captions from images: pass "
                              "images=CaptionImages(paths, cfg.cnn_config(), train=False) "
                              "(mia.captioning.finetune)")
-        from mia.captioning.finetune import with_images
+        from mia.captioning.finetune import with_images, with_store_images
 
-        batches = with_images(batches, images, images.cfg.workers)
+        if hasattr(images, "gather"):  # an ImageStore of evaluation images (crop x crop)
+            batches = with_store_images(batches, images, model.cfg.cnn_config(), train=False)
+        else:
+            batches = with_images(batches, images, images.cfg.workers)
     rows = getattr(data, "split_rows", None)
     total = len(rows(split)) if callable(rows) else None
     with Progress(f"decoding {split} (beam {beam_size})", total, unit="images",
@@ -88,7 +87,7 @@ def caption_split(model: torch.nn.Module, data: Any, split: str, beam_size: int,
             if should_stop is not None and should_stop():
                 model.train(was_training)
                 return None
-            decoded = decode(model, move_batch(batch, device), beam_size, max_length)
+            decoded = decode(model, move_batch(batch, device), beam_size, max_length, step_mode)
             for image_id, tokens in zip(batch["image_ids"].tolist(), decoded.tokens.tolist(),
                                         strict=True):
                 captions[int(image_id)] = " ".join(tokens_to_words(tokens, words))
@@ -110,10 +109,13 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
 def decode_split(checkpoint: str | os.PathLike, data: Any, split: str, beam_size: int = 3,
                  max_length: int = 19, out_path: str | os.PathLike | None = None,
                  device: str = "auto", batch_size: int = 100,
-                 image_paths: Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+                 image_paths: Mapping[int, str] | None = None,
+                 step_mode: str = "eager",
+                 image_store: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Caption every image of ``split``; optionally write the COCO results JSON to ``out_path``.
 
     ``max_length`` counts decoding steps, ``<eos>`` included (the released ``range(1, 20)``: 19).
+    ``image_store`` (an evaluation :class:`~mia.captioning.image_store.ImageStore` file) or
     ``image_paths`` (``{image_id: file}``, e.g. ``finetune.image_paths_from_karpathy``) is needed
     only for a captioner that fine-tuned its CNN.
     """
@@ -123,14 +125,20 @@ def decode_split(checkpoint: str | os.PathLike, data: Any, split: str, beam_size
                          "decode with the captions store the model was trained on")
     images = None
     if getattr(model, "cnn", None) is not None:
-        if image_paths is None:
-            raise ValueError(f"{checkpoint}: this captioner fine-tuned its CNN and captions from "
-                             "images; pass image_paths (finetune.image_paths_from_karpathy)")
-        from mia.captioning.finetune import CaptionImages
+        if image_store is not None:
+            from mia.captioning.image_store import ImageStore
 
-        images = CaptionImages(image_paths, model.cfg.cnn_config(), train=False)
+            images = ImageStore(image_store, next(model.parameters()).device)
+        elif image_paths is not None:
+            from mia.captioning.finetune import CaptionImages
+
+            images = CaptionImages(image_paths, model.cfg.cnn_config(), train=False)
+        else:
+            raise ValueError(f"{checkpoint}: this captioner fine-tuned its CNN and captions from "
+                             "images; pass image_store (the evaluation images_eval_*.h5) or "
+                             "image_paths (finetune.image_paths_from_karpathy)")
     captions = caption_split(model, data, split, beam_size, max_length, batch_size,
-                             images=images)
+                             images=images, step_mode=step_mode)
     results = [{"image_id": image_id, "caption": caption} for image_id, caption in
                captions.items()]
     if out_path is not None:

@@ -14,9 +14,26 @@ for the recipe:
   the scheduled lr, the CNN's group at its own fixed lr and betas;
 * :func:`cnn_epoch_start`: called at the start of every epoch, switches the CNN layers to trained
   after ``fine_tune_cnn_after_epoch``;
-* :class:`CaptionImages` and :func:`with_images`: the images of each batch, decoded, resized,
-  cropped and flipped in ``DataLoader`` workers, with crops/flips drawn from (seed, epoch, batch,
-  position) so a resumed run sees the same pixels.
+* the images of each batch, with crops/flips drawn from (seed, epoch, batch, position) so a
+  resumed run sees the same pixels, in one of two ways:
+
+  - :func:`with_store_images` (what the workflow uses): uint8 pixels decoded and resized ONCE
+    into an :class:`~mia.captioning.image_store.ImageStore` (on the GPU when it fits), gathered
+    per batch; crop, flip and normalisation run on the device in :meth:`GridCNN.featurize`
+    (:func:`device_crops`), bit for bit what the per-item path gives;
+  - :class:`CaptionImages` and :func:`with_images`: each item decoded from its JPEG, resized,
+    cropped and flipped in ``DataLoader`` workers (the released code's per-caption path; about
+    240 images/s per core, ``benchmarks/finetune_input.py``).
+
+Batches by image (``train.batch_by: image``, the default when the CNN is fine-tuned): a batch
+holds ``batch_size / 5`` training images with ALL their captions, as self-critical.pytorch's
+``seq_per_img`` groups them, and :meth:`GridCNN.featurize` runs the CNN once per image and hands
+each caption its image's features: 16 CNN passes for a batch of 80 captions instead of 80.
+What that changes: each image gets ONE random crop and flip per step, shared by its captions
+(the released loader draws one per caption row), a batch holds 16 distinct images instead of
+up to 80 (a BatchNorm in training mode takes its statistics over 16 images), and an epoch visits each
+image once with its captions together instead of the captions in a free order. Every caption
+is still seen once per epoch; ``batch_by: caption`` restores the released grouping.
 
 BatchNorm follows ``cnn.batchnorm``: ``train`` is the released code's (``Model.train()`` lets
 every BatchNorm of the ResNet use batch statistics and update its running ones from epoch 1,
@@ -41,7 +58,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mia.captioning.config import CNNConfig
 from mia.features.backbone import STRIDE, build_resnet_trunk
-from mia.features.images import images_from_karpathy, to_normalised_tensor
+from mia.features.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    images_from_karpathy,
+    to_normalised_tensor,
+)
 
 Batch = dict[str, Tensor]
 CNN_GROUP = "cnn"
@@ -67,6 +89,7 @@ class GridCNN(nn.Module):
         layers = list(trunk.children())
         self.frozen = nn.Sequential(*layers[:cfg.first_trained_child])
         self.tuned = nn.Sequential(*layers[cfg.first_trained_child:])
+        self.crop = cfg.crop
         self.batchnorm = cfg.batchnorm
         self.trainable = False
         for p in self.parameters():
@@ -81,6 +104,8 @@ class GridCNN(nn.Module):
         self.train(self.training)
 
     def train(self, mode: bool = True) -> GridCNN:
+        # The one place that decides the BatchNorm modes of the trunk (a BatchNorm train/eval
+        # switch of the recipe belongs here).
         super().train(mode)
         if self.batchnorm == "train":  # released: the whole ResNet follows Model.train()
             return self
@@ -92,6 +117,15 @@ class GridCNN(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) normalised images -> (B, (S/32)^2, C) grid features, row-major cells."""
         images = images.to(next(self.parameters()).dtype)  # the loader's float32 pixels
+        if self.training and self.batchnorm == "train" and images.shape[0] == 1 \
+                and images.shape[-1] < 2 * STRIDE:
+            # torch's own message ("Expected more than 1 value per channel") names no key
+            raise ValueError(
+                f"captioner.cnn.batchnorm: train takes BatchNorm statistics over the batch, but "
+                f"this batch holds one image whose {images.shape[-1]}-pixel crop leaves one "
+                f"cell per channel; set captioner.cnn.crop >= {2 * STRIDE} (and resize above "
+                f"it), or batchnorm: eval, or a train.batch_size whose last batch holds more "
+                f"than one image")
         with torch.no_grad():
             x = self.frozen(images)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
@@ -99,13 +133,24 @@ class GridCNN(nn.Module):
         return fmap.flatten(2).transpose(1, 2)
 
     def featurize(self, batch: Batch) -> Batch:
-        """The batch with ``features``/``feature_mask`` computed from its ``images``."""
+        """The batch with ``features``/``feature_mask`` computed from its ``images``.
+
+        ``images`` are normalised floats (B, 3, S, S), or uint8 (B, H, W, 3) pixels of an image
+        store, cropped, flipped and normalised here, on the CNN's device (:func:`device_crops`,
+        with ``crop_windows`` when training). With ``caption_image`` (a batch by image), the CNN
+        runs once per image and each caption row gets its image's features.
+        """
         if "images" not in batch:
             raise ValueError(
                 "this captioner fine-tunes its CNN (captioner.fine_tune_cnn_after_epoch is set) "
                 "and reads images, but the batch has none (only precomputed features); wrap the "
-                "batches with mia.captioning.finetune.with_images")
-        features = self(batch["images"])
+                "batches with mia.captioning.finetune.with_store_images (or with_images)")
+        images = batch["images"]
+        if images.dtype == torch.uint8:
+            images = device_crops(images, batch.get("crop_windows"), self.crop)
+        features = self(images)
+        if "caption_image" in batch:
+            features = features.index_select(0, batch["caption_image"])
         mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         return {**batch, "features": features, "feature_mask": mask}
 
@@ -206,12 +251,89 @@ class CaptionImages(Dataset):
             if not self.train:
                 return to_normalised_tensor(img.resize((cfg.crop, cfg.crop), Image.BILINEAR))
             img = img.resize((cfg.resize, cfg.resize), Image.BILINEAR)
-        rng = np.random.default_rng(seed)
-        left, top = (int(v) for v in rng.integers(0, cfg.resize - cfg.crop + 1, size=2))
+        top, left, flip = crop_window(seed, cfg)
         img = img.crop((left, top, left + cfg.crop, top + cfg.crop))
-        if cfg.flip and rng.random() < 0.5:
+        if flip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return to_normalised_tensor(img)
+
+
+def crop_window(seed: int, cfg: CNNConfig) -> tuple[int, int, bool]:
+    """(top, left, flip) of the training crop drawn from ``seed``: the draws of
+    :class:`CaptionImages`, so both paths crop the same window."""
+    rng = np.random.default_rng(seed)
+    left, top = (int(v) for v in rng.integers(0, cfg.resize - cfg.crop + 1, size=2))
+    flip = bool(cfg.flip and rng.random() < 0.5)
+    return top, left, flip
+
+
+def _item_seeds(seed: int, epoch: int, number: int, count: int) -> np.ndarray:
+    """Per-position seeds of batch ``number`` of ``epoch`` (both image paths draw these)."""
+    return np.random.SeedSequence([seed, epoch, number]).generate_state(count, dtype=np.uint64)
+
+
+_MEAN_STD: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+
+def device_crops(pixels: Tensor, windows: Tensor | None, crop: int) -> Tensor:
+    """uint8 (B, H, W, 3) pixels -> normalised float32 (B, 3, crop, crop), on their device.
+
+    ``windows`` (B, 3) int64 = (top, left, flip) per image picks each crop: one row gather of
+    all the batch's crop pixels (mirrored where ``flip``); None takes the pixels as they are (an
+    evaluation store already holds ``crop`` x ``crop`` images). The arithmetic is
+    :func:`to_normalised_tensor`'s (x / 255 - mean) / std in float32, element by element, so
+    the result equals the per-item path bit for bit; it runs on channel planes (a broadcast over
+    the last axis of 3 is several times slower on a CPU).
+    """
+    b, height, width, _ = pixels.shape
+    device = pixels.device
+    if windows is not None:
+        steps = torch.arange(crop, device=device)
+        rows = windows[:, :1] + steps  # (B, crop)
+        flip = windows[:, 2:].bool()
+        cols = windows[:, 1:2] + torch.where(flip, crop - 1 - steps, steps)  # (B, crop)
+        first = torch.arange(b, device=device)[:, None, None] * (height * width)
+        index = (first + rows[:, :, None] * width + cols[:, None, :]).reshape(-1)
+        pixels = pixels.reshape(-1, 3).index_select(0, index).view(b, crop, crop, 3)
+    elif (height, width) != (crop, crop):
+        raise ValueError(f"images of {height} x {width} pixels without crop windows; the CNN "
+                         f"reads {crop} x {crop} (build the evaluation store at that size)")
+    key = (device, torch.float32)
+    if key not in _MEAN_STD:
+        _MEAN_STD[key] = (torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
+                          torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1))
+    mean, std = _MEAN_STD[key]
+    x = pixels.permute(0, 3, 1, 2).contiguous().to(torch.float32)
+    return x.div_(255.0).sub_(mean).div_(std)
+
+
+def with_store_images(batches: Iterator[Batch], store: Any, cfg: CNNConfig, train: bool,
+                      seed: int = 0, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
+    """``batches`` with the uint8 ``images`` of their images from ``store`` (an
+    :class:`~mia.captioning.image_store.ImageStore`), on the store's device, and, when
+    ``train``, their ``crop_windows`` (B, 3): crops happen on the device
+    (:meth:`GridCNN.featurize`).
+
+    A batch by image (``batch_image_ids``) gets one image and one window per image; a batch by
+    caption one per caption row. Windows are drawn from (``seed``, ``epoch``, batch number,
+    position) as :func:`with_images` draws them; ``start`` numbers the first batch (a resumed
+    epoch skips the ones before), so a resumed epoch crops the same windows.
+    """
+    if train and store.size != cfg.resize:
+        raise ValueError(f"{store.path}: training images are {store.size} px but "
+                         f"captioner.cnn.resize is {cfg.resize}; build the store at that size")
+    if not train and store.size != cfg.crop:
+        raise ValueError(f"{store.path}: evaluation images are {store.size} px but "
+                         f"captioner.cnn.crop is {cfg.crop}; build the store at that size")
+    for number, batch in enumerate(batches, start):
+        ids = batch.get("batch_image_ids", batch["image_ids"])
+        ids = ids.numpy() if torch.is_tensor(ids) else np.asarray(ids)
+        out = {**batch, "images": store.gather(store.rows(ids))}
+        if train:
+            windows = np.array([crop_window(int(s), cfg) for s in
+                                _item_seeds(seed, epoch, number, len(ids))], dtype=np.int64)
+            out["crop_windows"] = torch.from_numpy(windows.reshape(len(ids), 3))
+        yield out
 
 
 class _KeysOfBatches(Sampler):
@@ -226,9 +348,8 @@ class _KeysOfBatches(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for number, batch in enumerate(self.batches, self.start):
             self.pending.append(batch)
-            ids = batch["image_ids"].tolist()
-            seeds = np.random.SeedSequence([self.seed, self.epoch, number]).generate_state(
-                len(ids), dtype=np.uint64)
+            ids = batch.get("batch_image_ids", batch["image_ids"]).tolist()
+            seeds = _item_seeds(self.seed, self.epoch, number, len(ids))
             yield [(int(i), int(s)) for i, s in zip(ids, seeds, strict=True)]
 
 

@@ -30,6 +30,7 @@ from mia.captioning.condition import ConditionDecoder
 from mia.captioning.config import CaptionerConfig
 from mia.captioning.decoder import AttentionDecoder
 from mia.captioning.encoder import EncodedImage, ImageEncoder, Source
+from mia.training.sync_count import host_value
 
 Builder = Callable[[CaptionerConfig, int], "Captioner"]
 BASELINES: dict[str, Builder] = {}
@@ -83,9 +84,10 @@ def trim_captions(batch: dict[str, Tensor]) -> dict[str, Tensor]:
 
     A captions store that keeps every word (``preprocess.captions.max_length: null``) is as wide
     as the longest caption of COCO (~50 words); without this a batch would run the LSTM and the
-    vocabulary layer over padding. Targets must be taken from the returned batch.
+    vocabulary layer over padding. Targets must be taken from the returned batch. Call it on
+    the host batch, before moving it to the GPU: reading the lengths there is no device sync.
     """
-    longest = int(batch["caption_lengths"].max())
+    longest = int(host_value(batch["caption_lengths"].max()))
     return {**batch, "captions": batch["captions"][:, :longest]}
 
 

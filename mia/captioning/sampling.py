@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mia.captioning.step_capture import decoder_step, early_exit
 from mia.dtypes import at_least_float32
 
 # Caption vocabulary layout fixed by docs/CONTRACTS.md.
@@ -60,15 +61,18 @@ Chooser = Callable[[Tensor], Tensor]  # log-probs (N, V) -> chosen ids (N,)
 
 
 def rollout(model: nn.Module, batch: dict[str, Tensor], k: int, max_length: int,
-            choose: Chooser) -> Rollout:
+            choose: Chooser, step_mode: str = "eager") -> Rollout:
     """Decode ``k`` rows per image, picking each next word with ``choose``.
 
     Gradients flow through ``log_probs`` unless the caller runs this under ``torch.no_grad()``.
+    ``step_mode`` (:mod:`mia.captioning.step_capture`): ``eager`` stops once every row ended
+    (a host check per token); ``fixed``/``compiled`` run all ``max_length`` steps unchecked.
     """
     if k < 1 or max_length < 1:
         raise ValueError(f"rollout needs k >= 1 and max_length >= 1, got k={k}, "
                          f"max_length={max_length}")
     decoder = model.decoder
+    step, check = decoder_step(decoder, step_mode), early_exit(step_mode)
     ctx = decoder.prepare(model.encode(batch))
     if k > 1:
         ctx = ctx.repeat_interleave(k)
@@ -79,7 +83,7 @@ def rollout(model: nn.Module, batch: dict[str, Tensor], k: int, max_length: int,
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     tokens, log_probs, masks = [], [], []
     for _ in range(max_length):
-        logits, state = decoder.step(words, state, ctx)
+        logits, state = step(words, state, ctx)
         logp = next_word_log_probs(logits)  # (N, V)
         chosen = choose(logp.detach())
         alive = ~finished
@@ -89,7 +93,7 @@ def rollout(model: nn.Module, batch: dict[str, Tensor], k: int, max_length: int,
         tokens.append(words)
         masks.append(alive)
         finished = finished | (words == EOS)
-        if bool(finished.all()):
+        if check and bool(finished.all()):
             break
     pad = max_length - len(tokens)
     return Rollout(F.pad(torch.stack(tokens, 1), (0, pad), value=PAD),
@@ -117,21 +121,24 @@ def greedy_chooser(logp: Tensor) -> Tensor:
 
 def sample_captions(model: nn.Module, batch: dict[str, Tensor], k: int, max_length: int,
                     temperature: float = 1.0,
-                    generator: torch.Generator | None = None) -> Rollout:
+                    generator: torch.Generator | None = None,
+                    step_mode: str = "eager") -> Rollout:
     """``k`` multinomial samples per image with their per-token log-probabilities (with grad).
 
     Runs in whatever mode the model is in (SCST samples in train mode, dropout on, as the
     reference does).
     """
-    return rollout(model, batch, k, max_length, multinomial_chooser(temperature, generator))
+    return rollout(model, batch, k, max_length, multinomial_chooser(temperature, generator),
+                   step_mode)
 
 
-def greedy_captions(model: nn.Module, batch: dict[str, Tensor], max_length: int) -> Rollout:
+def greedy_captions(model: nn.Module, batch: dict[str, Tensor], max_length: int,
+                    step_mode: str = "eager") -> Rollout:
     """Greedy decoding in eval mode without a graph; the model's mode is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return rollout(model, batch, 1, max_length, greedy_chooser)
+            return rollout(model, batch, 1, max_length, greedy_chooser, step_mode)
     finally:
         model.train(was_training)

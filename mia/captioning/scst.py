@@ -58,11 +58,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mia.captioning.config import from_dict
 from mia.captioning.sampling import EOS, PAD, Rollout, greedy_captions, sample_captions
+from mia.captioning.step_capture import check_step_mode
+from mia.config import from_dict
 from mia.data.karpathy import KarpathyImage, read_karpathy
 from mia.evaluation.cider import CiderD, CiderDConfig, DocumentFrequency
 from mia.evaluation.cider_df import load_document_frequency, save_document_frequency
+from mia.training.precision import check_precision, float32_region
+from mia.training.sync_count import host_array
 
 EOS_WORD, UNK_WORD = "<eos>", "<unk>"
 Baseline = Literal["greedy", "mean_of_others"]
@@ -86,12 +89,18 @@ class SCSTConfig:
 
     Validation (selection of ``best.pt``): val CIDEr-D of beam search with ``val_beam_size`` (the
     reference: 1, greedy) and ``max_length`` steps. ``checkpoint_every``, ``log_every``,
-    ``progress``, ``max_nonfinite_steps``: as :class:`mia.captioning.config.TrainConfig`.
+    ``progress``, ``max_nonfinite_steps``, ``precision``: as
+    :class:`mia.captioning.config.TrainConfig`.
 
     ``optimizer_state``: ``carry`` (the reference) starts Adam from the XE optimiser's state saved
     with the XE model (moments, step counts, and its betas/eps/weight decay, as
     ``optimizer.load_state_dict`` restores them in self-critical.pytorch; ``betas``, ``eps`` and
     ``weight_decay`` here then only apply to ``fresh``); ``fresh`` starts a new Adam.
+
+    ``decode_step``: how the token loops of sampling, the greedy baseline and validation run
+    (:mod:`mia.captioning.step_capture`): ``eager`` (a host check per token, the reference's
+    loop), ``fixed`` (all ``max_length`` steps, no host check: one synchronisation per step, to
+    score the samples) or ``compiled`` (``fixed`` with the decoder step compiled).
     """
 
     samples_per_image: int = 5  # train_sample_n
@@ -118,11 +127,15 @@ class SCSTConfig:
     max_nonfinite_steps: int = 5
     device: str = "auto"  # "auto" = cuda when available
     progress: bool | Literal["auto"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
+    decode_step: Literal["eager", "fixed", "compiled"] = "eager"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # YAML gives a list
         if len(self.betas) != 2:
             raise ValueError(f"scst.betas: expected two numbers, got {list(self.betas)}")
+        check_precision(self.precision, "scst.precision")
+        check_step_mode(self.decode_step, "scst.decode_step")
         if self.baseline not in ("greedy", "mean_of_others"):
             raise ValueError(f"scst.baseline: {self.baseline!r} is not 'greedy' or "
                              "'mean_of_others'")
@@ -263,7 +276,7 @@ def write_store_document_frequency(captions_h5: str | os.PathLike,
 def candidate_ids(tokens: Tensor) -> list[list[int]]:
     """Rows of (N, T) token ids up to and including the first ``<eos>`` (all non-pad tokens
     when there is none): what ``array_to_str`` writes."""
-    arr = tokens.detach().cpu().numpy()
+    arr = host_array(tokens)  # a copy from the GPU only when the tokens are still there
     is_eos = arr == EOS
     lengths = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1) + 1, (arr != PAD).sum(axis=1))
     return [row[:n].tolist() for row, n in zip(arr, lengths, strict=True)]
@@ -329,9 +342,9 @@ def reward_loss(log_probs: Tensor, mask: Tensor, rewards: Tensor) -> Tensor:
 
 @dataclass
 class SCSTStats:
-    """Means over the step's samples; ``greedy_cider`` is NaN under ``mean_of_others``."""
+    """Means over the step's samples; ``greedy_cider`` is NaN under ``mean_of_others``. All
+    computed on the host from the scores and the tokens the reward already brought there."""
 
-    loss: float
     reward: float
     baseline: float
     sample_cider: float
@@ -349,7 +362,8 @@ class SCSTRewards:
 
     Rows are image-major: sample j of image i is row ``i * k + j`` of ``samples`` and
     ``[i, j]`` of the score arrays. ``greedy`` / ``greedy_scores`` are None under the
-    ``mean_of_others`` baseline. ``reward_ms`` is the CIDEr-D scoring time.
+    ``mean_of_others`` baseline. ``reward_ms`` is the CIDEr-D scoring time; ``tokens`` the
+    sampled tokens already on the host (B*k, T).
     """
 
     image_ids: list[Hashable]
@@ -360,10 +374,12 @@ class SCSTRewards:
     greedy: Rollout | None = None  # (B, T) the greedy captions of the "sc" baseline
     greedy_scores: np.ndarray | None = None  # (B,)
     reward_ms: float = 0.0
+    tokens: Tensor | None = None  # the samples' tokens on the host
 
 
 def scst_rewards(model: nn.Module, batch: dict[str, Tensor], scorer: SCSTScorer,
-                 cfg: SCSTConfig, generator: torch.Generator | None = None) -> SCSTRewards:
+                 cfg: SCSTConfig, generator: torch.Generator | None = None,
+                 image_ids: Sequence[Hashable] | None = None) -> SCSTRewards:
     """Sample ``cfg.samples_per_image`` captions per image and return every sample's reward.
 
     What :func:`scst_step` optimises, exposed for analysis (reward distributions, baselines):
@@ -373,42 +389,66 @@ def scst_rewards(model: nn.Module, batch: dict[str, Tensor], scorer: SCSTScorer,
     restored; reward = CIDEr-D(sample) - baseline (:func:`baseline_scores`). The model must
     follow the decoder protocol (``encode``, ``decoder.prepare``/``init_state``/``step``; see
     docs/CONTRACTS.md). Call it under ``torch.no_grad()`` when only the numbers are wanted.
+
+    ``image_ids``: the batch's ids as host values when the caller has them (else read from
+    ``batch``). The sampled and greedy tokens come to the host in ONE transfer, the step's only
+    synchronisation under ``decode_step: fixed`` or ``compiled``: the reward needs them there.
     """
     k = cfg.samples_per_image
-    image_ids = batch["image_ids"].tolist()
+    image_ids = list(batch["image_ids"].tolist() if image_ids is None else image_ids)
     greedy = None
     if cfg.baseline == "greedy":
-        greedy = greedy_captions(model, batch, cfg.max_length)
-    samples = sample_captions(model, batch, k, cfg.max_length, cfg.temperature, generator)
+        greedy = greedy_captions(model, batch, cfg.max_length, cfg.decode_step)
+    samples = sample_captions(model, batch, k, cfg.max_length, cfg.temperature, generator,
+                              cfg.decode_step)
+    rows = samples.tokens.shape[0]
+    host = (samples.tokens if greedy is None else
+            torch.cat([samples.tokens, _pad_columns(greedy.tokens, samples.tokens.shape[1])])
+            ).cpu()
 
     start = time.perf_counter()
     keys = [i for i in image_ids for _ in range(k)]
-    sample_scores = scorer(keys, samples.tokens).reshape(len(image_ids), k)
-    greedy_scores = None if greedy is None else scorer(image_ids, greedy.tokens)
+    sample_scores = scorer(keys, host[:rows]).reshape(len(image_ids), k)
+    greedy_scores = None if greedy is None else scorer(image_ids, host[rows:])
     reward_ms = (time.perf_counter() - start) * 1e3
 
     baseline = baseline_scores(sample_scores, cfg.baseline, greedy_scores)
     return SCSTRewards(image_ids, samples, sample_scores, baseline, sample_scores - baseline,
-                       greedy, greedy_scores, reward_ms)
+                       greedy, greedy_scores, reward_ms, host[:rows])
 
 
 def scst_step(model: nn.Module, batch: dict[str, Tensor], scorer: SCSTScorer, cfg: SCSTConfig,
-              generator: torch.Generator | None = None) -> tuple[Tensor, SCSTStats]:
+              generator: torch.Generator | None = None,
+              image_ids: Sequence[Hashable] | None = None) -> tuple[Tensor, SCSTStats]:
     """The SCST loss of one image batch (call ``backward`` on it) and its statistics.
 
     :func:`scst_rewards` draws and scores the samples; the loss is :func:`reward_loss` of their
-    log-probabilities weighted by the per-sample rewards.
+    log-probabilities weighted by the per-sample rewards, in float32 whatever the forward ran
+    in. The statistics come from host values: no further synchronisation.
     """
-    out = scst_rewards(model, batch, scorer, cfg, generator)
+    out = scst_rewards(model, batch, scorer, cfg, generator, image_ids)
     samples, rewards = out.samples, out.rewards
-    loss = reward_loss(samples.log_probs, samples.mask,
-                       torch.from_numpy(rewards.reshape(-1)).to(samples.log_probs.device))
+    device = samples.log_probs.device
+    reward_tensor = torch.from_numpy(rewards.reshape(-1))
+    if device.type == "cuda":
+        reward_tensor = reward_tensor.pin_memory()
+    with float32_region(device.type):
+        loss = reward_loss(samples.log_probs.float(), samples.mask,
+                           reward_tensor.to(device, non_blocking=True))
     stats = SCSTStats(
-        loss=float(loss.detach()), reward=float(rewards.mean()),
-        baseline=float(out.baseline.mean()), sample_cider=float(out.sample_scores.mean()),
+        reward=float(rewards.mean()), baseline=float(out.baseline.mean()),
+        sample_cider=float(out.sample_scores.mean()),
         greedy_cider=math.nan if out.greedy_scores is None else float(out.greedy_scores.mean()),
-        sample_tokens=float(samples.lengths.float().mean()), reward_ms=out.reward_ms)
+        sample_tokens=float(np.mean([len(c) for c in candidate_ids(out.tokens)])),
+        reward_ms=out.reward_ms)
     return loss, stats
+
+
+def _pad_columns(tokens: Tensor, width: int) -> Tensor:
+    """``tokens`` (N, T) padded with ``<pad>`` (or cut) to ``width`` columns."""
+    if tokens.shape[1] >= width:
+        return tokens[:, :width]
+    return torch.nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=PAD)
 
 
 def training_references(data: Any, max_length: int = 16) -> dict[Hashable, list[str]]:

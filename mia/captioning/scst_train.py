@@ -41,13 +41,14 @@ import torch
 from torch import Tensor
 
 from mia.captioning.config import CaptionerConfig
-from mia.captioning.decode import caption_split, move_batch, resolve_device, vocab_words
+from mia.captioning.decode import caption_split, vocab_words
 from mia.captioning.models import build_captioner
 from mia.captioning.scst import SCSTConfig, SCSTScorer, scst_step, training_references
-from mia.captioning.train import seed_everything
 from mia.evaluation.cider import CiderD
+from mia.runtime import move_batch, resolve_device, seed_everything
 from mia.training.checkpoint import load_checkpoint
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
+from mia.training.step import adam_options
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ def loop_settings(cfg: SCSTConfig) -> LoopSettings:
                         grad_clip_norm=clip if cfg.grad_clip_mode == "norm" else 0.0,
                         grad_clip_value=clip if cfg.grad_clip_mode == "value" else 0.0,
                         max_nonfinite_steps=cfg.max_nonfinite_steps, score_key="val_cider",
-                        score_scale=100.0, score_name="val CIDEr-D (x100)")
+                        score_scale=100.0, score_name="val CIDEr-D (x100)",
+                        precision=cfg.precision)
 
 
 _STATS = ("reward", "baseline", "sample_cider", "greedy_cider", "sample_tokens", "reward_ms")
@@ -161,9 +163,13 @@ class SCSTTask(TrainingTask):
         model = build_captioner(self.captioner, len(self.words))
         model.load_state_dict(ck["model"])
         self.model = model.to(device).train()
+        place = getattr(data, "place", None)
+        if callable(place):  # features on the GPU when they fit (mia.data.loaders)
+            log.info("features: %s", place(device))
         self.xe = {"epoch": ck.get("epoch"), "val_cider": ck.get("val_cider")}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                          eps=cfg.eps, weight_decay=cfg.weight_decay)
+                                          eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                          **adam_options(device))
         if cfg.optimizer_state == "carry":
             carry_optimizer_state(self.optimizer, ck, cfg.lr, xe_model)
         self.plateau = (PlateauSchedule(cfg.plateau_factor, cfg.plateau_patience)
@@ -227,8 +233,11 @@ class SCSTTask(TrainingTask):
         return float(self.optimizer.param_groups[0]["lr"])
 
     def loss(self, batch: Any, epoch: int) -> tuple[Tensor, dict[str, float]]:
+        ids = batch["image_ids"]
+        host_ids = ids.tolist() if ids.device.type == "cpu" else None  # no sync for the ids
         batch = move_batch(batch, self.device)
-        loss, stats = scst_step(self.model, batch, self.scorer, self.cfg, self.generator)
+        loss, stats = scst_step(self.model, batch, self.scorer, self.cfg, self.generator,
+                                image_ids=host_ids)
         if epoch != self._sums_epoch:
             self._sums, self._steps, self._sums_epoch = dict.fromkeys(_STATS, 0.0), 0, epoch
         values = stats.as_dict()
@@ -247,7 +256,7 @@ class SCSTTask(TrainingTask):
         """Val CIDEr-D of beam search; raises :class:`ValidationInterrupted` when told to stop."""
         captions = caption_split(self.model, self.data, "val", self.cfg.val_beam_size,
                                  self.cfg.max_length, self.cfg.val_batch_size,
-                                 should_stop=should_stop)
+                                 should_stop=should_stop, step_mode=self.cfg.decode_step)
         if captions is None:
             raise ValidationInterrupted
         return float(self.val_scorer.score(captions)[0])

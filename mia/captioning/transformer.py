@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mia.captioning.config import CaptionerConfig, from_dict
+from mia.captioning.config import CaptionerConfig
 from mia.captioning.models import Captioner, register_baseline
 from mia.captioning.region_encoder import RegionEncoded, RegionEncoder
+from mia.config import from_dict
 
 State = tuple[Tensor, ...]  # (k_0, v_0, ..., k_{L-1}, v_{L-1}), each (B, heads, t, d_k)
 

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mia.captioning.config import CaptionerConfig, from_dict
+from mia.captioning.config import CaptionerConfig
 from mia.captioning.models import Captioner, register_baseline
 from mia.captioning.region_encoder import (
     RegionEncoded,
@@ -49,6 +49,7 @@ from mia.captioning.region_encoder import (
     region_embedding,
 )
 from mia.captioning.sampling import PAD, next_word_log_probs
+from mia.config import from_dict
 
 State = tuple[Tensor, Tensor]  # (h, c), each (B, 2, rnn): [attention LSTM, language LSTM]
 

@@ -9,6 +9,12 @@ once into row-index arrays. A batch is then a handful of vectorised gathers.
 For feature stores larger than RAM, ``LoaderConfig(in_memory=False)`` keeps the HDF5 file open and
 reads the (sorted, unique) rows of each batch in one call per batch instead; everything else
 stays in RAM. Batch contents follow "Batches fed to models" in docs/CONTRACTS.md.
+
+On a GPU (:meth:`CaptionData.place`, :meth:`VQAData.place`, called by the trainers): the whole
+feature store moves to the GPU when it fits (``residency``; 18 GB of regions or 25 GB of grid
+features in an 80 GB card) and a batch is an index on the device; otherwise each batch is
+gathered into pinned host memory, in float16, copied asynchronously and cast on the GPU. With
+:func:`prefetch` the gathering runs in a background thread while the GPU trains.
 """
 
 from __future__ import annotations
@@ -47,11 +53,37 @@ class LoaderConfig:
     """``in_memory``: hold features in RAM (float16) rather than reading rows per batch from HDF5;
     ``pin_memory``: pin batch tensors so ``.to(cuda, non_blocking=True)`` overlaps compute;
     ``float32_features``: cast features on the CPU (the contract); ``False`` hands over the stored
-    float16 so the cast runs on the GPU and the host-to-device copy halves."""
+    float16 so the cast runs on the GPU and the host-to-device copy halves;
+    ``residency``: where :meth:`CaptionData.place` puts the features on a GPU: ``device`` (the
+    whole store on the GPU), ``host`` (pinned gathers, copied per batch) or ``auto`` (the GPU
+    when the store takes at most half of its free memory)."""
 
     in_memory: bool = True
     pin_memory: bool = False
     float32_features: bool = True
+    residency: str = "auto"
+
+    @classmethod
+    def for_device(cls, device: str | torch.device) -> LoaderConfig:
+        """What a training job on ``device`` wants: pinned batches on CUDA, stores on the GPU
+        when they fit (the trainers call ``place``)."""
+        return cls(pin_memory=torch.device(device).type == "cuda" or (
+            str(device) == "auto" and torch.cuda.is_available()))
+
+
+#: ``auto`` residency: a store goes to the GPU when it takes at most this share of free memory.
+DEVICE_SHARE = 0.5
+
+
+def _fits_on(device: torch.device, nbytes: int, residency: str) -> bool:
+    if residency not in ("auto", "device", "host"):
+        raise ValueError(f"loader residency {residency!r} is not auto, device or host")
+    if device.type != "cuda" or residency == "host" or not torch.cuda.is_available():
+        return False
+    if residency == "device":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_SHARE * free
 
 
 def align_rows(store_ids: np.ndarray, wanted_ids: np.ndarray, store_path: str | os.PathLike,
@@ -92,8 +124,8 @@ def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def _finish(batch: Batch, pin: bool) -> Batch:
-    if pin and torch.cuda.is_available():
-        return {k: v.pin_memory() for k, v in batch.items()}
+    if pin and torch.cuda.is_available():  # host tensors only; placed features are on the GPU
+        return {k: v.pin_memory() if v.device.type == "cpu" else v for k, v in batch.items()}
     return batch
 
 
@@ -145,13 +177,52 @@ class FeatureTable:
             self._features = None
             self._dataset = dataset
 
+    _target: torch.device | None = None  # the training GPU, once placed
+
+    def place(self, device: torch.device | str, residency: str = "auto") -> str:
+        """Serve batches on ``device``: the whole table there when it fits (``residency``),
+        else pinned gathers copied per batch. Returns where the features live."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return "host"
+        self._target = device
+        if self._features is not None and _fits_on(device, self._features.nbytes, residency):
+            self._features = self._features.to(device)
+            self._mask = self._mask.to(device)
+            return str(device)
+        return "host (pinned batches)"
+
     def gather(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """``features`` (B, n, C) float32 and ``feature_mask`` (B, n) bool of store rows ``rows``."""
+        """``features`` (B, n, C) float32 and ``feature_mask`` (B, n) bool of store rows ``rows``.
+
+        Placed on a GPU (:meth:`place`), both come back on it: an index into the resident
+        table, or float16 rows gathered into pinned memory, copied without waiting, and cast
+        there (half the bytes of a float32 copy).
+        """
+        index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        if self._target is not None:
+            return self._gather_on(self._target, index)
         if self._features is not None:
-            feats = self._features.index_select(0, torch.from_numpy(rows))
+            feats = self._features.index_select(0, index)
         else:
             feats = torch.from_numpy(self._read_rows(rows))
-        return (feats.float() if self.float32 else feats), self._mask[torch.from_numpy(rows)]
+        return (feats.float() if self.float32 else feats), self._mask[index]
+
+    def _gather_on(self, device: torch.device, index: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._features is not None and self._features.device == device:
+            on = index.to(device, non_blocking=True)
+            feats, mask = self._features.index_select(0, on), self._mask.index_select(0, on)
+        else:
+            if self._features is not None:
+                host = torch.empty((len(index), *self._features.shape[1:]),
+                                   dtype=self._features.dtype, pin_memory=True)
+                torch.index_select(self._features, 0, index, out=host)
+            else:
+                host = torch.from_numpy(self._read_rows(index.numpy())).pin_memory()
+            feats = host.to(device, non_blocking=True)
+            mask = self._mask[index].pin_memory().to(device, non_blocking=True)
+        return (feats.float() if self.float32 else feats), mask
 
     def _read_rows(self, rows: np.ndarray) -> np.ndarray:
         # One read per distinct row in file order: h5py's list indexing is a slow point selection.
@@ -236,10 +307,25 @@ class CaptionData:
         concepts = None if concepts_h5 is None else ConceptTable(concepts_h5, vocab)
         return cls(captions_path, features, concepts, cfg)
 
+    def place(self, device: torch.device | str) -> str:
+        """Serve the features on the training ``device`` (see :meth:`FeatureTable.place`)."""
+        if self.features is None:
+            return "none loaded (a fine-tuned CNN computes them from images)"
+        return self.features.place(device, self.cfg.residency)
+
     # ------------------------------------------------------------------ sizes
     @property
     def num_train_captions(self) -> int:
         return len(self._train_captions)
+
+    @property
+    def captions_per_image(self) -> int:
+        """Training captions per training image, rounded (5 in COCO; a few images have 6-7)."""
+        images = len(self.split_rows("train"))
+        return max(1, round(self.num_train_captions / max(images, 1)))
+
+    def num_train_image_batches(self, images_per_batch: int) -> int:
+        return -(-len(self.split_rows("train")) // images_per_batch)
 
     def num_train_batches(self, batch_size: int) -> int:
         return -(-self.num_train_captions // batch_size)
@@ -275,6 +361,36 @@ class CaptionData:
         order = self._train_captions[_epoch_order(self.num_train_captions, seed, epoch)]
         for rows in _batches(order, batch_size, start):
             yield _finish(self.caption_batch(rows), self.cfg.pin_memory)
+
+    def train_batches_by_image(self, epoch: int, images_per_batch: int, seed: int,
+                               start: int = 0) -> Iterator[Batch]:
+        """Every caption of ``images_per_batch`` training images per batch, images shuffled by
+        ``(seed, epoch)``; skip ``start`` batches (self-critical.pytorch's ``seq_per_img``).
+
+        A caption batch (:meth:`caption_batch`, captions grouped by image, in store order) plus
+        ``batch_image_ids`` (B_img,) and ``caption_image`` (B_cap,): the position of each
+        caption's image in ``batch_image_ids``, so per-image work (a CNN) runs once per image.
+        Every training caption is in exactly one batch of an epoch.
+        """
+        rows = self.split_rows("train")
+        starts, order = self._captions_by_image()
+        for chunk in _batches(rows[_epoch_order(len(rows), seed, epoch)], images_per_batch,
+                              start):
+            counts = starts[chunk + 1] - starts[chunk]
+            caption_rows = np.concatenate([order[starts[r]:starts[r + 1]] for r in chunk])
+            batch = self.caption_batch(caption_rows)
+            batch["batch_image_ids"] = self._ids[torch.from_numpy(chunk)]
+            batch["caption_image"] = torch.from_numpy(np.repeat(np.arange(len(chunk)), counts))
+            yield _finish(batch, self.cfg.pin_memory)
+
+    def _captions_by_image(self) -> tuple[np.ndarray, np.ndarray]:
+        """(starts (N+1,), caption rows sorted by image): image r's captions are
+        ``order[starts[r]:starts[r + 1]]``, in store order."""
+        if getattr(self, "_by_image", None) is None:
+            order = np.argsort(self._caption_image, kind="stable")
+            counts = np.bincount(self._caption_image, minlength=len(self.image_ids))
+            self._by_image = (np.concatenate([[0], np.cumsum(counts)]), order)
+        return self._by_image
 
     def train_image_batches(self, epoch: int, batch_size: int, seed: int, start: int = 0
                             ) -> Iterator[Batch]:
@@ -441,6 +557,10 @@ class VQAData:
         features = FeatureTable(regions_h5, cfg.in_memory, cfg.float32_features)
         concepts = None if concepts_h5 is None else ConceptIdTable(concepts_h5)
         return cls(Path(vqa_h5), features, cfg, BoxTable.load(regions_h5), concepts)
+
+    def place(self, device: torch.device | str) -> str:
+        """Serve the features on the training ``device`` (see :meth:`FeatureTable.place`)."""
+        return self.features.place(device, self.cfg.residency)
 
     @property
     def concept_words(self) -> list[str] | None:

@@ -68,6 +68,7 @@ PRODUCED_BY: dict[str, str] = {
     "grid_features": "extract_grid_features",
     "region_features": "extract_region_features",
     "concepts": "build_concept_store",
+    "caption_images": "caption_image_store",
 }
 #: The same for the stores of the VQA evaluation server's test2015 images (``*_test2015.h5``).
 PRODUCED_BY_TEST2015: dict[str, str] = {
@@ -103,7 +104,8 @@ class StoreError(ValueError):
 
 #: File-name prefixes of the stores (docs/CONTRACTS.md), for files too damaged to say their kind.
 _KIND_BY_NAME = (("caption", "captions"), ("vqa", "vqa"), ("grid", "grid_features"),
-                 ("region", "region_features"), ("concept", "concepts"))
+                 ("region", "region_features"), ("concept", "concepts"),
+                ("images_", "caption_images"))
 
 
 def rebuild_hint(path: str | os.PathLike, kind: object = None) -> str:

@@ -39,9 +39,9 @@ from torch import nn
 
 from mia.data.karpathy import read_karpathy
 from mia.data.store import StoreError, atomic_h5, open_store, read_attrs
-from mia.features.images import resolve_device
 from mia.io import atomic_path
 from mia.progress import track
+from mia.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

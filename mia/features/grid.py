@@ -36,9 +36,9 @@ from mia.features.images import (
     image_loader,
     images_from_karpathy,
     resize_square,
-    resolve_device,
 )
 from mia.progress import track
+from mia.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -180,9 +180,3 @@ def image_loader(images: Sequence[tuple[int, str]], resize: Callable[[Image.Imag
                       num_workers=num_workers, collate_fn=_keep_list,
                       prefetch_factor=4 if num_workers > 0 else None)
 
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

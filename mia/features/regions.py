@@ -38,7 +38,6 @@ from mia.features.images import (
     image_loader,
     images_from_karpathy,
     resize_shorter_side,
-    resolve_device,
 )
 from mia.features.region_store import (
     PADDING_GRID,
@@ -49,6 +48,7 @@ from mia.features.region_store import (
 from mia.features.roi_align import roi_align as vectorised_roi_align
 from mia.features.roi_align import roi_mean, roi_mean_batch
 from mia.progress import track
+from mia.runtime import resolve_device
 from mia.vision import USING_FALLBACK, torchvision
 
 log = logging.getLogger(__name__)

@@ -56,7 +56,18 @@ from mia.training.checkpoint import (
     set_rng_state,
 )
 from mia.training.lifecycle import Preempted, StopSignals, split_ignored
+from mia.training.precision import Precision, resolve_precision
 from mia.training.progress import ProgressLog, format_duration
+from mia.training.step import (
+    MAX_PENDING_STEPS,
+    FlushedStep,
+    PendingStep,
+    StepRecord,
+    batch_ids,
+    finite_flag,
+    gradient_norm,
+    step_if,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +95,7 @@ class LoopSettings:
     score_key: str = "val_score"  # the validation metric that selects best.pt (higher = better)
     score_scale: float = 1.0  # x this in log lines: the paper's scale (100 for CIDEr-D's 0..1)
     score_name: str = ""  # how log lines name the score ("" = score_key)
+    precision: str = "auto"  # auto | fp32 | bf16 (mia.training.precision)
 
 
 @dataclass
@@ -187,10 +199,6 @@ class TrainingTask:
         return next(self.model.parameters()).device
 
 
-def _finite(x: Tensor) -> bool:
-    return bool(torch.isfinite(x).all())
-
-
 def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) -> FitResult:
     """Train ``task`` for ``settings.epochs`` epochs, resuming from ``out_dir/last.pt``."""
     out_dir = Path(out_dir)
@@ -231,20 +239,23 @@ def fit(task: TrainingTask, settings: LoopSettings, out_dir: str | os.PathLike) 
                          "state": dataclasses.asdict(state), "rng": rng_state(),
                          "extra": task.extra_state(), "meta": meta}, last_path)
 
-    with StopSignals() as stop:
+    precision = resolve_precision(settings.precision, task.device)
+    log.info("precision: %s", precision.describe())
+    with StopSignals() as stop, precision.training():
         if fresh:
-            _score_starting_point(task, settings, state, stop, best_path)
+            _score_starting_point(task, settings, state, stop, best_path, precision)
             save_last()
         while state.epoch <= settings.epochs:
             if state.phase == "train":
-                _train_epoch(task, settings, state, stop, save_last)
+                _train_epoch(task, settings, state, stop, save_last, precision)
                 state.phase = "validate"
                 save_last()
             _stop_if_requested(stop, state, f"after the training steps of epoch {state.epoch}")
             started = time.monotonic()
             task.model.eval()
             try:
-                metrics = task.validate(state.epoch, lambda: stop.requested)
+                with precision.autocast():
+                    metrics = task.validate(state.epoch, lambda: stop.requested)
             except ValidationInterrupted:
                 raise Preempted(f"signal {stop.signum} while validating epoch {state.epoch}; "
                                 f"{last_path} holds the trained epoch", stop.signum or 15
@@ -348,11 +359,12 @@ def _check_best(task: TrainingTask, settings: LoopSettings, state: LoopState, be
 
 
 def _score_starting_point(task: TrainingTask, settings: LoopSettings, state: LoopState,
-                          stop: StopSignals, best_path: Path) -> None:
+                          stop: StopSignals, best_path: Path, precision: Precision) -> None:
     """Make the starting weights epoch 0 of the selection when the task says they compete."""
     task.model.eval()
     try:
-        metrics = task.starting_point(lambda: stop.requested)
+        with precision.autocast():
+            metrics = task.starting_point(lambda: stop.requested)
     except ValidationInterrupted:
         raise Preempted(f"signal {stop.signum} while validating the starting weights; nothing "
                         "was trained yet", stop.signum or 15) from None
@@ -381,8 +393,13 @@ def _stop_if_requested(stop: StopSignals, state: LoopState, where: str) -> None:
 
 
 def _train_epoch(task: TrainingTask, settings: LoopSettings, state: LoopState,
-                 stop: StopSignals, save_last: Callable[[], None]) -> None:
-    """Train the rest of ``state.epoch`` from batch ``state.step_in_epoch``."""
+                 stop: StopSignals, save_last: Callable[[], None], precision: Precision) -> None:
+    """Train the rest of ``state.epoch`` from batch ``state.step_in_epoch``.
+
+    A step never waits for the device (:mod:`mia.training.step`): its non-finite guard is
+    decided there, and the losses and flags are read back at the log lines, checkpoints, a stop
+    and the end of the epoch (:func:`_flush`).
+    """
     task.model.train()
     task.start_epoch(state.epoch)
     steps = task.num_batches(state.epoch)
@@ -398,60 +415,70 @@ def _train_epoch(task: TrainingTask, settings: LoopSettings, state: LoopState,
                                r.get("val_wall_s", 0)) for r in state.history)
                            + state.epoch_wall_s)
     params = [p for p in task.model.parameters() if p.requires_grad]
+    record = StepRecord()
     started = time.monotonic()
     try:
         for batch in task.batches(state.epoch, state.step_in_epoch):
             lr = task.set_learning_rate(state.epoch, state.global_step)
-            loss, extras = task.loss(batch, state.epoch)
+            with precision.autocast():
+                loss, extras = task.loss(batch, state.epoch)
             task.optimizer.zero_grad(set_to_none=True)
-            ok = _finite(loss.detach())
-            if ok:
-                loss.backward()
-                if settings.grad_clip_value > 0:
-                    torch.nn.utils.clip_grad_value_(params, settings.grad_clip_value)
-                norm = torch.nn.utils.clip_grad_norm_(
-                    params, settings.grad_clip_norm if settings.grad_clip_norm > 0 else math.inf)
-                ok = _finite(norm)
-            if ok:
-                task.optimizer.step()
-                value = float(loss.detach())
-                state.epoch_loss_sum += value
-                state.epoch_loss_steps += 1
-            else:
-                task.optimizer.zero_grad(set_to_none=True)
-                value = math.nan
-                _count_nonfinite(task, settings, state, batch, loss)
+            loss.backward()
+            if settings.grad_clip_value > 0:
+                torch.nn.utils.clip_grad_value_(params, settings.grad_clip_value)
+            norm = gradient_norm(params, settings.grad_clip_norm)
+            loss_ok, ok = finite_flag(loss, norm)
+            step_if(task.optimizer, ok)
             state.global_step += 1
             state.step_in_epoch += 1
             state.last_lr = lr
+            value = record.add(PendingStep(state.epoch, state.step_in_epoch, state.global_step,
+                                           batch_ids(batch)), loss, loss_ok, ok)
+            checkpoint = bool(settings.checkpoint_every
+                              and state.global_step % settings.checkpoint_every == 0)
+            log_line = settings.log_every > 0 and state.global_step % settings.log_every == 0
+            if stop.requested or checkpoint or log_line or len(record) >= MAX_PENDING_STEPS:
+                _flush(task, settings, state, record)
             progress.step(state.step_in_epoch, state.global_step, value, lr, **extras)
-            if stop.requested or (settings.checkpoint_every
-                                  and state.global_step % settings.checkpoint_every == 0):
+            if stop.requested or checkpoint:
                 state.epoch_wall_s += time.monotonic() - started
                 started = time.monotonic()
                 save_last()
                 if stop.requested:
                     raise Preempted(f"signal {stop.signum} at epoch {state.epoch}, batch "
                                     f"{state.step_in_epoch}; last.pt saved", stop.signum or 15)
+        _flush(task, settings, state, record)
     finally:
         progress.close()
     state.epoch_wall_s += time.monotonic() - started
 
 
-def _count_nonfinite(task: TrainingTask, settings: LoopSettings, state: LoopState, batch: Any,
-                     loss: Tensor) -> None:
+def _flush(task: TrainingTask, settings: LoopSettings, state: LoopState,
+           record: StepRecord) -> None:
+    """Read the recorded steps back (one transfer): add their losses to the epoch's sum in step
+    order, and count, log or refuse their non-finite ones."""
+    for done in record.flush():
+        if done.applied:
+            state.epoch_loss_sum += done.loss
+            state.epoch_loss_steps += 1
+        else:
+            _count_nonfinite(task, settings, state, done)
+
+
+def _count_nonfinite(task: TrainingTask, settings: LoopSettings, state: LoopState,
+                     done: FlushedStep) -> None:
     state.nonfinite_steps += 1
     state.epoch_nonfinite += 1
-    what = "loss" if not _finite(loss.detach()) else "gradient"
-    where = (f"epoch {state.epoch}, step {state.step_in_epoch + 1} (global "
-             f"{state.global_step + 1})")
+    what = "gradient" if done.loss_finite else "loss"
+    step = done.step
+    where = f"epoch {step.epoch}, step {step.step_in_epoch} (global {step.global_step})"
+    batch = task.batch_description(step.ids) if step.ids else "this batch"
     if state.nonfinite_steps > settings.max_nonfinite_steps:
         raise NonFiniteTraining(
-            f"the {what} was not finite at {where} ({task.batch_description(batch)}), the "
+            f"the {what} was not finite at {where} ({batch}), the "
             f"{state.nonfinite_steps}th such step of this run (at most "
             f"{settings.max_nonfinite_steps} are skipped). Corrupt inputs are the usual cause: "
             f"check {task.describe_inputs()} (`mia data verify STORE`), or rebuild them by "
             "deleting the file and rerunning its rule; otherwise lower the learning rate.")
     log.warning("non-finite %s at %s (%s): step skipped (%d of at most %d for this run)", what,
-                where, task.batch_description(batch), state.nonfinite_steps,
-                settings.max_nonfinite_steps)
+                where, batch, state.nonfinite_steps, settings.max_nonfinite_steps)

@@ -51,8 +51,8 @@ class ProgressLog:
     elapsed_before: float = 0.0  # seconds the run trained and validated before this epoch part
     _t0: float = field(default=0.0, init=False)
     _t_last: float = field(default=0.0, init=False)
-    _loss_sum: float = field(default=0.0, init=False)
-    _loss_n: int = field(default=0, init=False)
+    _losses: list[Any] = field(default_factory=list, init=False)  # floats or 0-d tensors
+    _t_bar: float = field(default=0.0, init=False)
     _done: int = field(default=0, init=False)
     _bar: Any = field(default=None, init=False)
 
@@ -60,13 +60,22 @@ class ProgressLog:
         self._t0 = self._t_last = time.monotonic()
         self._bar = Bar(self.bar, self.steps, self.start_step, f"epoch {self.epoch}/{self.epochs}")
 
-    def step(self, step_in_epoch: int, global_step: int, loss: float, lr: float,
-             **extra: float) -> None:
-        """Record one finished step (1-based ``step_in_epoch``)."""
+    def step(self, step_in_epoch: int, global_step: int, loss: float | torch.Tensor, lr: float,
+             **extra: float | torch.Tensor) -> None:
+        """Record one finished step (1-based ``step_in_epoch``).
+
+        ``loss`` and ``extra`` may be 0-d tensors still being computed on the GPU: they are read
+        only for a log line (every ``log_every`` steps) or, when a bar is drawn, for its label
+        at most once a second, so recording a step never waits for the device.
+        """
         self._done += 1
-        self._loss_sum += loss
-        self._loss_n += 1
-        self._bar.update(1, loss=f"{loss:.3f}", lr=f"{lr:.1e}")
+        self._losses.append(loss.detach() if torch.is_tensor(loss) else loss)
+        now = time.monotonic()
+        if self._bar.tqdm is not None and now - self._t_bar >= 1.0:
+            self._bar.update(1, loss=f"{float(loss):.3f}", lr=f"{lr:.1e}")
+            self._t_bar = now
+        else:
+            self._bar.update(1)
         if self.log_every > 0 and global_step % self.log_every == 0:
             self._log_line(step_in_epoch, global_step, lr, extra)
 
@@ -91,12 +100,21 @@ class ProgressLog:
                     eta += (f", run left {format_duration(total)} (incl. {self.validations_left} "
                             f"validation(s) of ~{format_duration(self.validation_s)})")
         eta += f", run elapsed {format_duration(self.elapsed_before + now - self._t0)}"
-        more = "".join(f" {k} {v:.4g}" for k, v in extra.items())
+        more = "".join(f" {k} {float(v):.4g}" for k, v in extra.items())
         self.logger.info("epoch %d/%d step %s (global %d) loss %.4f lr %.3g %.2f steps/s%s%s, %s",
-                         self.epoch, self.epochs, where, global_step,
-                         self._loss_sum / max(self._loss_n, 1), lr, rate, eta, more,
-                         memory_summary(self.device))
-        self._loss_sum, self._loss_n, self._t_last = 0.0, 0, now
+                         self.epoch, self.epochs, where, global_step, self._mean_loss(), lr, rate,
+                         eta, more, memory_summary(self.device))
+        self._losses, self._t_last = [], now
+
+    def _mean_loss(self) -> float:
+        """Mean loss since the last line, read from the device in one transfer."""
+        if not self._losses:
+            return 0.0
+        values = [v if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64)
+                  for v in self._losses]
+        if len({v.device for v in values}) == 1:
+            return float(torch.stack([v.double() for v in values]).mean())
+        return sum(float(v) for v in values) / len(values)
 
     def close(self) -> None:
         self._bar.close()

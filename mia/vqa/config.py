@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mia import variants
-from mia.captioning.config import from_dict
+from mia.config import from_dict
 
 #: Baselines of Table 3; ``mia.vqa.models.MODELS`` holds a builder for each.
 BASELINES = ("updown", "ban")

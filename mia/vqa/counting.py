@@ -37,7 +37,6 @@ graph is then built over all of them); the output keeps ``objects + 1`` entries.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: The reference creates 16 functions and uses f[0]..f[7].
@@ -145,7 +144,9 @@ class Counter(nn.Module):
         count = count.clamp(min=0, max=self.objects)
         low = count.detach().long()
         frac = count.frac()[:, None]
-        size = self.objects + 1
-        below = F.one_hot(low, size).to(count.dtype)
-        above = F.one_hot((low + 1).clamp(max=self.objects), size).to(count.dtype)
+        # Comparisons with arange, not F.one_hot: on the CPU one_hot checks its indices on the
+        # host, and the same code path must not read the device anywhere (a GPU sync).
+        classes = torch.arange(self.objects + 1, device=count.device)
+        below = (low[:, None] == classes).to(count.dtype)
+        above = ((low + 1).clamp(max=self.objects)[:, None] == classes).to(count.dtype)
         return (1 - frac) * below + frac * above

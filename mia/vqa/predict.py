@@ -25,6 +25,7 @@ from torch import nn
 
 from mia.io import write_json
 from mia.progress import Progress
+from mia.runtime import move_batch, resolve_device
 from mia.training.checkpoint import CheckpointError, load_checkpoint
 from mia.vqa.config import VQAModelConfig
 from mia.vqa.models import VQAModel, build_vqa_model
@@ -32,16 +33,8 @@ from mia.vqa.models import VQAModel, build_vqa_model
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch spells it."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
-def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
 
 
 @dataclass(frozen=True)

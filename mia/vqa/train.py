@@ -35,24 +35,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from mia.captioning.config import from_dict
+from mia.config import from_dict
 from mia.data.errors import load_json
 from mia.data.loaders import prefetch
 from mia.evaluation.vqa import evaluate_vqa
+from mia.runtime import move_batch, resolve_device, seed_everything
 from mia.training.loop import FitResult, LoopSettings, TrainingTask, ValidationInterrupted, fit
+from mia.training.precision import check_precision, float32_region
+from mia.training.step import adamax_options
 from mia.vqa.config import VQAModelConfig
 from mia.vqa.models import build_vqa_model, soft_accuracy
-from mia.vqa.predict import move_batch, predict, resolve_device, results_list
+from mia.vqa.predict import predict, results_list
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,11 @@ class VQATrainConfig:
     max_nonfinite_steps: int = 5  # non-finite loss/gradient steps skipped before training fails
     device: str = "auto"  # "auto" = cuda when available
     progress: bool | Literal["auto"] = "auto"  # progress bars: on a terminal only by default
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # YAML gives lists
+        check_precision(self.precision, "vqa.train.precision")
         self.warmup_factors = tuple(self.warmup_factors)
         self.lr_decay_epochs = tuple(self.lr_decay_epochs)
         self.train_splits = tuple(self.train_splits)
@@ -167,11 +170,6 @@ def learning_rate(cfg: VQATrainConfig, epoch: int) -> float:
     return peak * cfg.lr_decay_factor ** decays
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every generator model building and dropout draw from."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def loop_settings(cfg: VQATrainConfig) -> LoopSettings:
@@ -179,7 +177,9 @@ def loop_settings(cfg: VQATrainConfig) -> LoopSettings:
                         log_every=cfg.log_every, progress=cfg.progress,
                         grad_clip_norm=cfg.grad_clip_norm,
                         max_nonfinite_steps=cfg.max_nonfinite_steps, score_key=cfg.score_key,
-                        score_name=f"{cfg.score_key} (%)" if "accuracy" in cfg.score_key else "")
+                        score_name=(f"{cfg.score_key} (%)" if "accuracy" in cfg.score_key
+                                    else ""),
+                        precision=cfg.precision)
 
 
 class VQATask(TrainingTask):
@@ -217,9 +217,13 @@ class VQATask(TrainingTask):
             log.info("tf-idf question embedding: T @ the %s embedding (%d co-occurrences)",
                      "GloVe" if glove is not None else "initial", len(data.tfidf.values))
         self.model = model.to(resolve_device(cfg.device))
+        place = getattr(data, "place", None)
+        if callable(place):  # features on the GPU when they fit (mia.data.loaders)
+            log.info("features: %s", place(self.device))
         self.optimizer = torch.optim.Adamax(
             [p for p in self.model.parameters() if p.requires_grad], lr=learning_rate(cfg, 1),
-            betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+            betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+            **adamax_options(self.device))
         self.questions = self.annotations = None
         if cfg.validates:
             if val_questions is None or val_annotations is None:
@@ -231,7 +235,9 @@ class VQATask(TrainingTask):
             self.annotations = (val_annotations if isinstance(val_annotations, Mapping)
                                 else load_json(val_annotations))
         # Training soft score of the epoch so far (saved in last.pt: a resumed epoch continues it).
+        # The sum stays on the device between checkpoints: reading it per step would be a sync.
         self._score_epoch, self._score_sum, self._score_count = 0, 0.0, 0
+        self._score_pending: list[Tensor] = []
 
     def meta(self) -> dict[str, Any]:
         return {"vqa_model": dataclasses.asdict(self.cfg.model),
@@ -259,14 +265,25 @@ class VQATask(TrainingTask):
         batch = move_batch(batch, self.device)
         logits = self.model(batch)  # (B, n_answers)
         target = batch["target"]
-        score = soft_accuracy(logits.detach(), target)  # (B,)
+        with float32_region(logits.device.type):
+            score = soft_accuracy(logits.detach().float(), target)  # (B,)
+            loss = self.model.loss(logits.float(), target)
         if epoch != self._score_epoch:
             self._score_epoch, self._score_sum, self._score_count = epoch, 0.0, 0
-        self._score_sum += float(score.sum())
+            self._score_pending = []
+        self._score_pending.append(score.sum())
         self._score_count += len(score)
-        return self.model.loss(logits, target), {"soft_score": float(score.mean())}
+        return loss, {"soft_score": score.mean()}
+
+    def _settle_scores(self) -> None:
+        """Add the pending per-step score sums, in step order, on the host (one transfer)."""
+        if self._score_pending:
+            for value in torch.stack(self._score_pending).tolist():
+                self._score_sum += value
+            self._score_pending = []
 
     def _train_score(self, epoch: int) -> float:
+        self._settle_scores()
         if epoch != self._score_epoch or not self._score_count:
             return float("nan")
         return 100.0 * self._score_sum / self._score_count
@@ -291,6 +308,7 @@ class VQATask(TrainingTask):
                 "metrics": {k: float(v) for k, v in metrics.items()}}
 
     def extra_state(self) -> dict[str, Any]:
+        self._settle_scores()
         return {"score_epoch": self._score_epoch, "score_sum": self._score_sum,
                 "score_count": self._score_count}
 
@@ -298,6 +316,7 @@ class VQATask(TrainingTask):
         self._score_epoch = int(state.get("score_epoch", 0))
         self._score_sum = float(state.get("score_sum", 0.0))
         self._score_count = int(state.get("score_count", 0))
+        self._score_pending = []
 
     def describe_inputs(self) -> str:
         return self.inputs

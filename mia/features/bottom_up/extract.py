@@ -241,7 +241,7 @@ def extract_bottom_up_features(images: ImageList, out_h5: str | os.PathLike,
                                device: str | torch.device | None = None) -> Path:
     """The ``region_features`` store of ``images`` (``(image_id, path)`` pairs, kept in order)
     from the bottom-up Faster R-CNN with ``weights`` (see the module for resuming)."""
-    from mia.features.images import resolve_device
+    from mia.runtime import resolve_device
 
     items = check_image_list(images)
     out_h5 = Path(out_h5)
