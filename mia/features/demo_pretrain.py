@@ -45,9 +45,10 @@ from torch import Tensor, nn
 
 from mia.data.demo_pretrain import LABEL_SPACE, LABELS_FILE
 from mia.features.backbone import DEMO_TRUNKS, backbone_channels, build_backbone_model
-from mia.features.images import IMAGENET_MEAN, IMAGENET_STD, resolve_device
+from mia.features.images import IMAGENET_MEAN, IMAGENET_STD
 from mia.features.regions import RegionFeatureConfig, pool_boxes
 from mia.io import write_json
+from mia.runtime import resolve_device
 from mia.training.checkpoint import atomic_save
 from mia.training.progress import format_duration
 
