@@ -94,7 +94,7 @@ def test_every_download_is_pinned_or_explicitly_null(paper_config: dict) -> None
 def test_overrides_merge_like_snakemake(repo_root: Path) -> None:
     demo = load_config([repo_root / "config.yaml", repo_root / "config" / "demo.yaml"])
     assert demo["name"] == "demo" and demo["data"]["source"] == "demo"
-    assert demo["captioning"]["train"]["epochs"] == 3  # replaced
+    assert demo["captioning"]["train"]["epochs"] == 6  # replaced
     assert demo["captioning"]["train"]["label_smoothing"] == 0.1  # untouched keys stay
     assert demo["seeds"]["runs"]["captioning/visual_attention/base"] == [123, 124, 125]
     assert merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}}
