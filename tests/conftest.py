@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch_threads import one_torch_thread
 from workflow_support import run_test_dag_locally
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -22,6 +23,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="java not on PATH (needed by PTB tokenizer/METEOR/SPICE)"))
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="no CUDA GPU on this machine"))
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (modules ask for it with ``pytestmark``); a module-scoped
+    fixture is built before this runs, so it uses :func:`one_torch_thread` itself."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ kill it there.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from torch_threads import one_torch_thread
 
 from mia.data.loaders import FeatureTable
 from mia.data.store import open_store
@@ -45,21 +45,7 @@ NAMES = ["000000041888.jpg", "000000006818.jpg", "000000051191.jpg", "0000000586
          "000000060623.jpg", "000000111076.jpg", "000000173350.jpg"]
 
 
-@contextlib.contextmanager
-def one_thread():
-    """One torch thread, as in the subprocesses: the same float sums in the same order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # as in the subprocesses
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +67,7 @@ def read(path: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, weights) -> Path:
     out = tmp_path_factory.mktemp("store") / "regions_bottom_up.h5"
-    with one_thread():  # a module fixture is built before the autouse one sets the threads
+    with one_torch_thread():  # a module fixture is built before the per-test one_thread
         return extract_bottom_up_features(images(), out, BottomUpConfig(**SETTINGS), weights)
 
 

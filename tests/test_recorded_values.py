@@ -34,13 +34,7 @@ from mia.vqa.config import VQAModelConfig
 from mia.vqa.models import build_vqa_model
 from mia.vqa.train import VQATrainConfig, train_vqa
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the same float sums in the same order
 
 
 # ---------------------------------------------------------------- 1. sampling temperature

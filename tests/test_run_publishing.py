@@ -71,12 +71,7 @@ from mia.vqa.train import train_vqa
 LOG = logging.getLogger("test.job")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the subprocesses: the same float sums in the same order
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the same float sums in the same order
 
 
 # ---------------------------------------------------------------- the toy job, as a rule runs it

@@ -33,12 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 HOST_DATA = (str(REPO / "mia" / "data"), str(REPO / "tests"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the same float sums in the same order
 
 
 def step_syncs(counter: SyncCounter, allow_cpu_optimizer_counters: bool = False) -> list[str]:

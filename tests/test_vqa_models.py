@@ -25,13 +25,7 @@ from mia.vqa.layers import WeightNormLinear
 C, WORDS, CONCEPTS, ANSWERS = 24, 40, 20, 15
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread is faster and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the same float sums in the same order
 
 
 def _cfg(baseline: str, variant: str = "base", **kw) -> VQAModelConfig:

@@ -30,13 +30,7 @@ from mia.data.tfidf import first_appearance_ids, reference_cooccurrence
 from mia.vqa import VQAModelConfig, build_vqa_model
 from mia.vqa.question import QuestionEncoder, front_padded
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the same float sums in the same order
 
 
 # ---------------------------------------------------------------- tokenizer and vocabulary

@@ -33,12 +33,7 @@ from mia.vqa.train import VQATrainConfig, learning_rate, train_vqa
 BATCH = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the subprocesses: the same float sums in the same order
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the same float sums in the same order
 
 
 @pytest.fixture(scope="module")

@@ -37,12 +37,7 @@ class Named(dict):
     __getattr__ = dict.__getitem__
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the same float sums in the same order
 
 
 @pytest.fixture(scope="module")
