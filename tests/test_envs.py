@@ -344,12 +344,15 @@ def test_each_rule_env_provides_what_its_job_imports(rule: dict[str, Any]) -> No
 
 
 def test_import_analysis_finds_what_it_must() -> None:
-    """The analysis itself: the evaluation command reaches jsonschema (mia.config) and
-    pycocoevalcap (inside a function), not torch; a training script reaches torch."""
+    """The analysis itself: the evaluation command reaches pycocoevalcap (inside a function),
+    not torch; a training script reaches torch; validating a config (mia.config, deep) reaches
+    jsonschema, which mia.config imports only there (the GPU image has none)."""
     rules = {r["name"]: r for r in workflow_rules()}
     assert {"train_captioner", "evaluate_captions", "render_report"} <= set(rules)
     evaluate = third_party_imports(rule_entries(rules["evaluate_captions"]))
-    assert {"jsonschema", "pycocoevalcap", "numpy", "yaml"} <= set(evaluate)
+    assert {"pycocoevalcap", "numpy", "yaml"} <= set(evaluate)
+    assert "jsonschema" in third_party_imports({"mia.config": True})
+    assert "jsonschema" not in third_party_imports({"mia.config": False})  # TYPE_CHECKING only
     assert "torch" not in evaluate, evaluate
     train = third_party_imports(rule_entries(rules["train_captioner"]))
     assert {"torch", "h5py", "numpy", "tqdm"} <= set(train)
